@@ -1,0 +1,1 @@
+//! WGSL backend (in progress).

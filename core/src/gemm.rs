@@ -1,0 +1,138 @@
+//! The backend-agnostic `Gemm` trait and the checks every backend shares.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use half::f16;
+
+use crate::error::{BackendKind, Error, Result};
+use crate::format::{QuantizedActivations, W4A8Weights, check_finite, check_k, check_len, check_nonzero};
+
+/// A buffer or prepared tensor that lives on one device.
+pub trait DeviceTensor {
+    /// The [`DeviceInfo::id`] of the device that made it.
+    fn device_id(&self) -> u64;
+    /// (rows, columns): (M, K) for activations, (N, K) for weights, (M, N) for outputs.
+    fn shape(&self) -> (usize, usize);
+}
+
+/// What a backend found: enough to print in `w4a8 info` and to put beside a benchmark figure.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Which backend.
+    pub backend: BackendKind,
+    /// Unique per backend instance in this process; handles carry it so that a buffer from one device
+    /// passed to another is refused.
+    pub id: u64,
+    /// The device's name as its driver reports it.
+    pub name: String,
+    /// Driver, features and limits that matter, as (key, value) lines.
+    pub details: Vec<(String, String)>,
+}
+
+/// A fresh, process-unique device id.
+pub fn next_device_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The operations of a W4A8 backend.
+///
+/// A backend owns its device, its buffers and its prepared weights. Every method checks its inputs
+/// and returns an [`Error`] for bad ones; after an error the backend stays usable.
+///
+/// The arithmetic is fixed by the format (see the crate docs): per-token int8 activations, int4
+/// weights, exact int32 accumulation, then `f16(((f32(acc) · s_x[m]) · s_ch[n]) + bias[n])`.
+pub trait Gemm {
+    /// Weights repacked into this backend's layout and uploaded.
+    type Weights: DeviceTensor;
+    /// Quantized activations (int8 values and f32 per-token scales) on the device.
+    type Activations: DeviceTensor;
+    /// An M×N f16 output buffer on the device.
+    type Output: DeviceTensor;
+
+    /// The device this backend runs on.
+    fn info(&self) -> &DeviceInfo;
+
+    /// Repacks canonical weights into the backend's layout and uploads them, once.
+    fn prepare(&self, weights: &W4A8Weights) -> Result<Self::Weights>;
+
+    /// Reads prepared weights back into canonical storage (the inverse of [`Gemm::prepare`]).
+    fn read_weights(&self, weights: &Self::Weights) -> Result<W4A8Weights>;
+
+    /// Quantizes f16 activations (M×K row-major) per token on the device, after multiplying column k
+    /// by `smooth[k]` when a smoothing vector is given. A non-finite input is an error.
+    fn quantize_activations(
+        &self,
+        x: &[f16],
+        m: usize,
+        k: usize,
+        smooth: Option<&[f32]>,
+    ) -> Result<Self::Activations>;
+
+    /// Uploads activations quantized elsewhere (the conformance tests feed every backend the same ones).
+    fn upload_activations(&self, x: &QuantizedActivations) -> Result<Self::Activations>;
+
+    /// Reads quantized activations back.
+    fn read_activations(&self, x: &Self::Activations) -> Result<QuantizedActivations>;
+
+    /// Allocates an M×N output with every element set to `fill` (tests poison it with NaN).
+    fn alloc_output(&self, m: usize, n: usize, fill: f16) -> Result<Self::Output>;
+
+    /// `y = x · wᵀ (+ bias)` with the fused epilogue. Every element of `y` is written.
+    fn gemm_into(&self, x: &Self::Activations, w: &Self::Weights, y: &mut Self::Output) -> Result<()>;
+
+    /// Copies an output back to the host, M×N row-major.
+    fn read_output(&self, y: &Self::Output) -> Result<Vec<f16>>;
+
+    /// Waits for all submitted work (for timing from the host).
+    fn synchronize(&self) -> Result<()>;
+
+    /// Allocates the output and runs [`Gemm::gemm_into`].
+    fn gemm(&self, x: &Self::Activations, w: &Self::Weights) -> Result<Self::Output> {
+        let mut y = self.alloc_output(x.shape().0, w.shape().0, f16::ZERO)?;
+        self.gemm_into(x, w, &mut y)?;
+        Ok(y)
+    }
+
+    /// A whole linear layer from the host's point of view: quantize `x` (M×K), multiply, read back M×N.
+    fn linear(&self, x: &[f16], m: usize, w: &Self::Weights, smooth: Option<&[f32]>) -> Result<Vec<f16>> {
+        let xq = self.quantize_activations(x, m, w.shape().1, smooth)?;
+        let y = self.gemm(&xq, w)?;
+        self.read_output(&y)
+    }
+}
+
+/// Refuses a handle made by another device.
+pub fn check_owner(what: &'static str, tensor: &impl DeviceTensor, this: u64) -> Result<()> {
+    let owner = tensor.device_id();
+    if owner == this { Ok(()) } else { Err(Error::ForeignBuffer { what, owner, this }) }
+}
+
+/// The checks every backend runs before a GEMM: ownership of all three handles and agreeing shapes.
+pub fn check_gemm_args(
+    this: u64,
+    x: &impl DeviceTensor,
+    w: &impl DeviceTensor,
+    y: &impl DeviceTensor,
+) -> Result<()> {
+    check_owner("activations", x, this)?;
+    check_owner("weights", w, this)?;
+    check_owner("output", y, this)?;
+    let ((m, kx), (n, kw), (ym, yn)) = (x.shape(), w.shape(), y.shape());
+    check_len("K of weights vs activations", kx, kw)?;
+    check_len("output rows (M)", m, ym)?;
+    check_len("output columns (N)", n, yn)
+}
+
+/// The checks every backend runs before quantizing activations: shapes, the smoothing vector's length
+/// and finiteness. (Non-finite activations are found by the quantizer itself.)
+pub fn check_activation_args(x_len: usize, m: usize, k: usize, smooth: Option<&[f32]>) -> Result<()> {
+    check_nonzero("M", m)?;
+    check_k(k)?;
+    check_len("activations (M·K)", m * k, x_len)?;
+    if let Some(s) = smooth {
+        check_len("smoothing vector (K)", k, s.len())?;
+        check_finite("smoothing vector", s)?;
+    }
+    Ok(())
+}
