@@ -95,11 +95,9 @@ pub fn check_finite(what: &'static str, values: &[f32]) -> Result<()> {
 fn check_scales(what: &'static str, values: &[f32]) -> Result<()> {
     check_finite(what, values)?;
     match values.iter().position(|&v| v < 0.0) {
-        Some(index) => Err(Error::InvalidValue {
-            what,
-            index,
-            reason: format!("scale {} is negative", values[index]),
-        }),
+        Some(index) => {
+            Err(Error::InvalidValue { what, index, reason: format!("scale {} is negative", values[index]) })
+        }
         None => Ok(()),
     }
 }

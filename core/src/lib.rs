@@ -15,9 +15,15 @@
 pub mod error;
 pub mod format;
 pub mod gemm;
+pub mod io;
+pub mod oracle;
 pub mod pack;
+pub mod quantize;
 
 pub use error::{BackendKind, Error, Result};
-pub use format::{DEFAULT_GROUP_SIZE, GROUP_SIZES, Granularity, MAX_GROUP_SCALE, MAX_K, QuantizedActivations, W4A8Weights};
+pub use format::{
+    DEFAULT_GROUP_SIZE, GROUP_SIZES, Granularity, MAX_GROUP_SCALE, MAX_K, QuantizedActivations, W4A8Weights,
+};
 pub use gemm::{DeviceInfo, DeviceTensor, Gemm};
 pub use half::f16;
+pub use oracle::CpuOracle;

@@ -45,7 +45,11 @@ pub fn unpack_int4_row(words: &[u32], k: usize) -> Vec<i8> {
 pub fn unpack_int4(words: &[u32], n: usize, k: usize) -> Result<Vec<i8>> {
     let wpr = words_per_row(k);
     if words.len() != n * wpr {
-        return Err(Error::ShapeMismatch { what: "qweight (N·⌈K/8⌉ words)", expected: n * wpr, got: words.len() });
+        return Err(Error::ShapeMismatch {
+            what: "qweight (N·⌈K/8⌉ words)",
+            expected: n * wpr,
+            got: words.len(),
+        });
     }
     Ok(words.chunks(wpr.max(1)).take(n).flat_map(|w| unpack_int4_row(w, k)).collect())
 }

@@ -1,0 +1,220 @@
+//! Weight files: the canonical W4A8 format as safetensors with a versioned metadata header, and
+//! reading float (f32/f16/bf16) linear weights for quantization.
+//!
+//! Layout of a W4A8 file, per layer `NAME`:
+//! - tensors `NAME.qweight` U32 [N, ⌈K/8⌉], `NAME.channel_scales` F32 [N],
+//!   `NAME.group_scales` U8 [K/g, N] (per group only), `NAME.bias` F32 [N] (optional);
+//! - metadata `format = "w4a8"`, `version = "1"`, `NAME.k = K`, `NAME.granularity =
+//!   "per-channel" | "g32" | "g64" | "g128" | "g256"`.
+//!
+//! Loading validates every invariant of [`W4A8Weights`]; a malformed or truncated file is an
+//! [`Error::Format`], never a panic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{Error, Result};
+use crate::format::{Granularity, W4A8Weights};
+
+/// The `format` metadata value of a W4A8 file.
+pub const FORMAT_NAME: &str = "w4a8";
+/// The `version` this library writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+fn fmt_err(msg: impl Into<String>) -> Error {
+    Error::Format(msg.into())
+}
+
+fn st_err(e: safetensors::SafeTensorError) -> Error {
+    Error::Format(format!("not a valid safetensors file: {e}"))
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source }
+}
+
+fn le_bytes<const N: usize, T>(values: &[T], to: impl Fn(&T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(to).collect()
+}
+
+/// Serializes named layers into a W4A8 safetensors file image.
+pub fn weights_to_bytes(layers: &BTreeMap<String, W4A8Weights>) -> Result<Vec<u8>> {
+    let mut meta = HashMap::from([
+        ("format".to_string(), FORMAT_NAME.to_string()),
+        ("version".to_string(), FORMAT_VERSION.to_string()),
+    ]);
+    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, w) in layers {
+        let (n, k) = (w.n(), w.k());
+        meta.insert(format!("{name}.k"), k.to_string());
+        meta.insert(format!("{name}.granularity"), w.granularity().to_string());
+        blobs.push((
+            format!("{name}.qweight"),
+            Dtype::U32,
+            vec![n, k.div_ceil(8)],
+            le_bytes(w.qweight(), |v| v.to_le_bytes()),
+        ));
+        blobs.push((
+            format!("{name}.channel_scales"),
+            Dtype::F32,
+            vec![n],
+            le_bytes(w.channel_scales(), |v| v.to_le_bytes()),
+        ));
+        if let Some(g) = w.granularity().group_size() {
+            blobs.push((
+                format!("{name}.group_scales"),
+                Dtype::U8,
+                vec![k / g, n],
+                w.group_scales().to_vec(),
+            ));
+        }
+        if let Some(b) = w.bias() {
+            blobs.push((format!("{name}.bias"), Dtype::F32, vec![n], le_bytes(b, |v| v.to_le_bytes())));
+        }
+    }
+    let views = blobs
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            Ok((name.clone(), TensorView::new(*dtype, shape.clone(), data).map_err(st_err)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(st_err)
+}
+
+fn parse_granularity(s: &str) -> Option<Granularity> {
+    match s {
+        "per-channel" => Some(Granularity::PerChannel),
+        _ => s.strip_prefix('g')?.parse().ok().map(|group_size| Granularity::PerGroup { group_size }),
+    }
+}
+
+fn tensor<'a>(st: &SafeTensors<'a>, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'a>> {
+    let t = st.tensor(name).map_err(|_| fmt_err(format!("missing tensor {name}")))?;
+    if t.dtype() != dtype {
+        return Err(fmt_err(format!("{name} has dtype {:?}, expected {dtype:?}", t.dtype())));
+    }
+    if t.shape() != shape {
+        return Err(fmt_err(format!("{name} has shape {:?}, expected {shape:?}", t.shape())));
+    }
+    Ok(t)
+}
+
+fn u32s(data: &[u8]) -> Vec<u32> {
+    data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Parses a W4A8 safetensors file image into named layers, validating everything.
+pub fn weights_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, W4A8Weights>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
+    let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match meta.get("format").map(String::as_str) {
+        Some(FORMAT_NAME) => {}
+        other => return Err(fmt_err(format!("metadata format is {other:?}, expected \"{FORMAT_NAME}\""))),
+    }
+    let version = meta.get("version").map(String::as_str).unwrap_or("none");
+    if version != FORMAT_VERSION.to_string() {
+        return Err(fmt_err(format!(
+            "unsupported version {version}; this library reads version {FORMAT_VERSION}"
+        )));
+    }
+    let mut layers = BTreeMap::new();
+    for name in st.names() {
+        let Some(layer) = name.strip_suffix(".qweight") else { continue };
+        let get = |key: &str| {
+            meta.get(&format!("{layer}.{key}"))
+                .ok_or_else(|| fmt_err(format!("missing metadata {layer}.{key}")))
+        };
+        let k: usize =
+            get("k")?.parse().map_err(|_| fmt_err(format!("metadata {layer}.k is not an integer")))?;
+        let gran_s = get("granularity")?;
+        let granularity = parse_granularity(gran_s)
+            .ok_or_else(|| fmt_err(format!("metadata {layer}.granularity = {gran_s:?} is not understood")))?;
+        let qt = st.tensor(name).map_err(st_err)?;
+        let n = *qt.shape().first().ok_or_else(|| fmt_err(format!("{name} is a scalar")))?;
+        let qweight = u32s(tensor(&st, name, Dtype::U32, &[n, k.div_ceil(8)])?.data());
+        let channel_scales = f32s(tensor(&st, &format!("{layer}.channel_scales"), Dtype::F32, &[n])?.data());
+        let group_scales = match granularity.group_size() {
+            Some(g) => {
+                granularity.validate(k)?;
+                tensor(&st, &format!("{layer}.group_scales"), Dtype::U8, &[k / g, n])?.data().to_vec()
+            }
+            None => Vec::new(),
+        };
+        let bias_name = format!("{layer}.bias");
+        let bias = match st.tensor(&bias_name) {
+            Ok(_) => Some(f32s(tensor(&st, &bias_name, Dtype::F32, &[n])?.data())),
+            Err(_) => None,
+        };
+        let w = W4A8Weights::new(n, k, granularity, qweight, channel_scales, group_scales, bias)
+            .map_err(|e| fmt_err(format!("layer {layer}: {e}")))?;
+        layers.insert(layer.to_string(), w);
+    }
+    Ok(layers)
+}
+
+/// Writes named layers to a W4A8 safetensors file.
+pub fn save_weights(path: impl AsRef<Path>, layers: &BTreeMap<String, W4A8Weights>) -> Result<()> {
+    let path = path.as_ref();
+    std::fs::write(path, weights_to_bytes(layers)?).map_err(|e| io_err(path, e))
+}
+
+/// Reads a W4A8 safetensors file.
+pub fn load_weights(path: impl AsRef<Path>) -> Result<BTreeMap<String, W4A8Weights>> {
+    let path = path.as_ref();
+    weights_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
+}
+
+/// A float tensor read from a model file, converted to f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FloatTensor {
+    /// Its shape as stored.
+    pub shape: Vec<usize>,
+    /// Its values, row-major, as f32.
+    pub data: Vec<f32>,
+}
+
+/// Reads every F32, F16 and BF16 tensor of a safetensors file image (other dtypes are skipped).
+pub fn float_tensors_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, FloatTensor>> {
+    let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
+    let mut out = BTreeMap::new();
+    for (name, t) in st.tensors() {
+        let d = t.data();
+        let data = match t.dtype() {
+            Dtype::F32 => f32s(d),
+            Dtype::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => continue,
+        };
+        out.insert(name, FloatTensor { shape: t.shape().to_vec(), data });
+    }
+    Ok(out)
+}
+
+/// Reads the float tensors of a safetensors file ([`float_tensors_from_bytes`]).
+pub fn load_float_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, FloatTensor>> {
+    let path = path.as_ref();
+    float_tensors_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
+}
+
+/// Writes f32 tensors as a safetensors file image (for calibration data and tests).
+pub fn float_tensors_to_bytes(tensors: &BTreeMap<String, FloatTensor>) -> Result<Vec<u8>> {
+    let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), le_bytes(&t.data, |v| v.to_le_bytes())))
+        .collect();
+    let views = blobs
+        .iter()
+        .map(|(name, shape, data)| {
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), data).map_err(st_err)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(st_err)
+}
