@@ -4,7 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::error::{BackendKind, Result};
+use crate::error::{BackendKind, Error, Result};
 use crate::format::{QuantizedActivations, W4A8Weights, check_len};
 use crate::gemm::{DeviceInfo, DeviceTensor, Gemm, check_gemm_args, check_owner, next_device_id};
 use crate::quantize::quantize_activations;
@@ -177,7 +177,19 @@ impl Gemm for CpuOracle {
     fn alloc_output(&self, m: usize, n: usize, fill: f16) -> Result<CpuOutput> {
         crate::format::check_nonzero("M", m)?;
         crate::format::check_nonzero("N", n)?;
-        Ok(CpuOutput { device: self.info.id, m, n, data: vec![fill; m * n] })
+        // Refuse what cannot be allocated instead of aborting the process on allocation failure.
+        let too_big = |requested: u64| Error::OverDeviceLimit {
+            what: "output buffer (bytes)",
+            requested,
+            limit: isize::MAX as u64,
+            limit_name: "host allocation size",
+        };
+        let elems = m.checked_mul(n).ok_or(too_big(u64::MAX))?;
+        let bytes = elems.checked_mul(2).filter(|&b| b <= isize::MAX as usize).ok_or(too_big(u64::MAX))?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(elems).map_err(|_| too_big(bytes as u64))?;
+        data.resize(elems, fill);
+        Ok(CpuOutput { device: self.info.id, m, n, data })
     }
 
     fn gemm_into(&self, x: &CpuActivations, w: &CpuWeights, y: &mut CpuOutput) -> Result<()> {
