@@ -6,40 +6,7 @@ use proptest::prelude::*;
 use w4a8_core::quantize::quantize_activations;
 use w4a8_core::{GROUP_SIZES, Granularity, QuantizedActivations, W4A8Weights};
 
-/// SplitMix64: tiny, seedable, good enough for test values.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit()
-    }
-    /// Uniform integer in [lo, hi].
-    pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
-    }
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f32) -> bool {
-        self.unit() < p
-    }
-}
+pub use w4a8_core::rng::SplitMix64 as Rng;
 
 /// A GEMM problem: dimensions, granularity and a seed for the values.
 #[derive(Clone, Copy, Debug)]

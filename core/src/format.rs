@@ -46,7 +46,7 @@ impl Granularity {
             if !GROUP_SIZES.contains(&group_size) {
                 return Err(Error::UnsupportedGroupSize { group_size });
             }
-            if k % group_size != 0 {
+            if !k.is_multiple_of(group_size) {
                 return Err(Error::KNotMultipleOfGroup { k, group_size });
             }
         }
@@ -188,7 +188,7 @@ impl W4A8Weights {
         granularity.validate(k)?;
         let wpr = words_per_row(k);
         check_len("qweight (N·⌈K/8⌉ words)", n * wpr, qweight.len())?;
-        if k % 8 != 0 {
+        if !k.is_multiple_of(8) {
             // Padding nibbles (k..8·⌈K/8⌉) of the last word of each row must be zero.
             let pad_mask = !0u32 << (4 * (k % 8));
             for row in 0..n {

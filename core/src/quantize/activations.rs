@@ -1,5 +1,7 @@
 use rayon::prelude::*;
 
+use super::rne_small;
+
 use crate::error::{Error, Result};
 use crate::format::QuantizedActivations;
 use crate::gemm::check_activation_args;
@@ -35,7 +37,8 @@ pub fn quantize_activations(
             let q = if scale == 0.0 {
                 vec![0; k]
             } else {
-                scaled.iter().map(|&v| (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8).collect()
+                // |v / scale| ≤ 127 (within an ulp), well inside rne_small's range; clamping first is exact.
+                scaled.iter().map(|&v| rne_small((v / scale).clamp(-127.0, 127.0)) as i8).collect()
             };
             Ok((scale, q))
         })

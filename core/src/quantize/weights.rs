@@ -1,5 +1,7 @@
 use rayon::prelude::*;
 
+use super::rne_small;
+
 use crate::error::Result;
 use crate::format::{
     Granularity, MAX_GROUP_SCALE, W4A8Weights, check_finite, check_k, check_len, check_nonzero,
@@ -14,7 +16,21 @@ const QMAX: f32 = 7.0;
 const CHANNEL_SCALE_CANDIDATES: [f32; 8] = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6];
 
 fn quantize_value(w: f32, scale: f32) -> i8 {
-    if scale == 0.0 { 0 } else { (w / scale).round_ties_even().clamp(-8.0, 7.0) as i8 }
+    if scale == 0.0 { 0 } else { rne_small((w / scale).clamp(-8.0, 7.0)) as i8 }
+}
+
+/// Squared error of quantizing `group` with step `step` (the search's inner loop, kept to f32
+/// multiply-adds so it vectorizes; the chosen step is then applied with [`quantize_value`]).
+fn group_error(group: &[f32], step: f32) -> f32 {
+    let inv = 1.0 / step;
+    group
+        .iter()
+        .map(|&w| {
+            // Clamping before rounding is exact here: the grid ends -8 and 7 are integers.
+            let d = w - step * rne_small((w * inv).clamp(-8.0, 7.0));
+            d * d
+        })
+        .sum()
 }
 
 /// For one row and a given channel scale: the best integer group scale of every group (searched over
@@ -24,16 +40,9 @@ fn quantize_row_groups(row: &[f32], s_ch: f32, g: usize) -> (Vec<u8>, Vec<i8>, f
     let mut q = Vec::with_capacity(row.len());
     let mut total = 0.0f64;
     for group in row.chunks(g) {
-        let (mut best_s, mut best_err) = (1u8, f64::INFINITY);
+        let (mut best_s, mut best_err) = (1u8, f32::INFINITY);
         for s in 1..=MAX_GROUP_SCALE {
-            let step = s_ch * s as f32;
-            let err: f64 = group
-                .iter()
-                .map(|&w| {
-                    let d = w as f64 - step as f64 * quantize_value(w, step) as f64;
-                    d * d
-                })
-                .sum();
+            let err = group_error(group, s_ch * s as f32);
             if err < best_err {
                 (best_s, best_err) = (s, err);
             }
@@ -41,7 +50,7 @@ fn quantize_row_groups(row: &[f32], s_ch: f32, g: usize) -> (Vec<u8>, Vec<i8>, f
         let step = s_ch * best_s as f32;
         q.extend(group.iter().map(|&w| quantize_value(w, step)));
         scales.push(best_s);
-        total += best_err;
+        total += best_err as f64;
     }
     (scales, q, total)
 }

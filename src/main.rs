@@ -1,0 +1,237 @@
+//! The `w4a8` command-line tool: `info`, `demo`, `quantize`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use w4a8::io::{load_float_tensors, save_weights};
+use w4a8::oracle::reference_gemm;
+use w4a8::quantize::{quantize_activations, quantize_weights_rtn};
+use w4a8::rng::SplitMix64;
+use w4a8::{Backend, DEFAULT_GROUP_SIZE, Gemm, Granularity, Result, W4A8Weights, f16};
+
+#[derive(Parser)]
+#[command(name = "w4a8", version, about = "W4A8 LLM inference kernels: 4-bit weights, 8-bit activations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the backends compiled in, the devices they find, and the limits that matter.
+    Info,
+    /// Quantize a LLaMA-shaped layer, run it on a backend, compare with the oracle, print error and time.
+    Demo {
+        /// auto (best found), cpu, wgpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Tokens (rows of X).
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// Output features.
+        #[arg(long, default_value_t = 4096)]
+        n: usize,
+        /// Input features.
+        #[arg(long, default_value_t = 4096)]
+        k: usize,
+        /// Group size (32, 64, 128, 256), or 0 for per-channel scales.
+        #[arg(long, default_value_t = DEFAULT_GROUP_SIZE)]
+        group: usize,
+        /// Timed repetitions.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Seed of the random layer.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Quantize the 2-D float (f32/f16/bf16) weights of a safetensors file into a W4A8 file (RTN).
+    Quantize {
+        /// Input safetensors file (e.g. a model's `model.safetensors`).
+        input: PathBuf,
+        /// Output W4A8 safetensors file.
+        output: PathBuf,
+        /// Group size (32, 64, 128, 256), or 0 for per-channel scales.
+        #[arg(long, default_value_t = DEFAULT_GROUP_SIZE)]
+        group: usize,
+        /// Only tensors whose name contains this (default: every 2-D tensor named `*.weight`).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+fn granularity(group: usize) -> Granularity {
+    if group == 0 { Granularity::PerChannel } else { Granularity::PerGroup { group_size: group } }
+}
+
+fn info() -> Result<()> {
+    println!("w4a8 {} — backends compiled in: {:?}", env!("CARGO_PKG_VERSION"), Backend::compiled());
+    for probe in Backend::probe_all() {
+        match probe.result {
+            Ok(d) => {
+                println!("\n[{}] {}", probe.kind, d.name);
+                for (key, value) in &d.details {
+                    println!("    {key:<28} {value}");
+                }
+            }
+            Err(e) => println!("\n[{}] unavailable: {e}", probe.kind),
+        }
+    }
+    let best = Backend::best()?;
+    println!("\nbest backend: {} ({})", best.kind(), best.info().name);
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn demo(backend: &str, m: usize, n: usize, k: usize, group: usize, iters: usize, seed: u64) -> Result<()> {
+    let backend = Backend::open_named(backend)?;
+    let granularity = granularity(group);
+    println!("backend: {} ({})", backend.kind(), backend.info().name);
+    println!("layer:   X {m}×{k} f16 · Wᵀ ({n}×{k}, {granularity} int4) → Y {m}×{n} f16");
+
+    // A LLaMA-like layer: normal weights with a few heavy rows; activations with outlier channels.
+    let mut rng = SplitMix64::new(seed);
+    let w: Vec<f32> =
+        (0..n * k).map(|i| rng.normal() * if (i / k).is_multiple_of(97) { 4.0 } else { 0.02 }).collect();
+    let gain: Vec<f32> = (0..k).map(|_| if rng.chance(0.01) { 30.0 } else { 1.0 }).collect();
+    let x: Vec<f16> = (0..m * k).map(|i| f16::from_f32(rng.normal() * gain[i % k])).collect();
+    let bias: Vec<f32> = (0..n).map(|_| rng.normal() * 0.1).collect();
+
+    let t = Instant::now();
+    let weights = quantize_weights_rtn(&w, n, k, granularity, Some(bias.clone()))?;
+    println!("quantize weights (RTN, CPU): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let prepared = backend.prepare(&weights)?;
+
+    // Warm up (compiles pipelines), then time quantize + GEMM end to end from the host.
+    let xq = backend.quantize_activations(&x, m, k, None)?;
+    let mut y = backend.alloc_output(m, n, f16::NAN)?;
+    backend.gemm_into(&xq, &prepared, &mut y)?;
+    backend.synchronize()?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        let xq = backend.quantize_activations(&x, m, k, None)?;
+        backend.gemm_into(&xq, &prepared, &mut y)?;
+        backend.synchronize()?;
+        times.push(t.elapsed());
+    }
+    let got = backend.read_output(&y)?;
+    let t_med = median(times);
+
+    // The oracle on the same quantized activations, and FP32 on the unquantized operands.
+    let xq_host = backend.read_activations(&xq)?;
+    let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let oracle_x = quantize_activations(&xf, m, k, None)?;
+    let want = reference_gemm(&xq_host, &weights)?;
+    let ulp = |a: f16, b: f16| {
+        let o = |v: f16| {
+            if v.to_bits() & 0x8000 != 0 { -((v.to_bits() & 0x7FFF) as i32) } else { v.to_bits() as i32 }
+        };
+        (o(a) - o(b)).unsigned_abs()
+    };
+    let max_ulp = got.iter().zip(&want).map(|(&a, &b)| ulp(a, b)).max().unwrap_or(0);
+    let equal = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+    let q_diff = xq_host.values().iter().zip(oracle_x.values()).filter(|(a, b)| a != b).count();
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in 0..m {
+        for j in 0..n {
+            let exact: f64 =
+                (0..k).map(|kk| xf[i * k + kk] as f64 * w[j * k + kk] as f64).sum::<f64>() + bias[j] as f64;
+            num += (got[i * n + j].to_f64() - exact).powi(2);
+            den += exact * exact;
+        }
+    }
+    let ops = 2.0 * (m * n * k) as f64;
+    println!(
+        "time (quantize X + GEMM, median of {iters}, host-timed): {:.3} ms  ({:.1} GOP/s)",
+        t_med.as_secs_f64() * 1e3,
+        ops / t_med.as_secs_f64() / 1e9
+    );
+    println!(
+        "vs oracle:   {equal}/{} outputs bit-equal, max difference {max_ulp} f16 ulp; {q_diff} of {} activation codes differ",
+        m * n,
+        m * k
+    );
+    println!(
+        "vs FP32:     relative Frobenius error of W4A8 output {:.4}",
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    );
+    if max_ulp > 1 {
+        return Err(w4a8::Error::Backend {
+            backend: backend.kind(),
+            message: format!("output differs from the oracle by {max_ulp} ulp"),
+        });
+    }
+    Ok(())
+}
+
+fn quantize(input: &PathBuf, output: &PathBuf, group: usize, filter: Option<&str>) -> Result<()> {
+    let tensors = load_float_tensors(input)?;
+    let granularity = granularity(group);
+    let chosen: Vec<(&String, &w4a8::io::FloatTensor)> = tensors
+        .iter()
+        .filter(|(name, t)| {
+            t.shape.len() == 2 && filter.map_or(name.ends_with(".weight"), |f| name.contains(f))
+        })
+        .collect();
+    let bar = ProgressBar::new(chosen.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("static template"));
+    let mut layers = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for (name, t) in chosen {
+        bar.set_message(name.clone());
+        let (n, k) = (t.shape[0], t.shape[1]);
+        let bias = name
+            .strip_suffix(".weight")
+            .and_then(|p| tensors.get(&format!("{p}.bias")))
+            .filter(|b| b.shape == [n])
+            .map(|b| b.data.clone());
+        match quantize_weights_rtn(&t.data, n, k, granularity, bias) {
+            Ok(w) => {
+                layers.insert(name.clone(), w);
+            }
+            // A tensor this granularity can't hold (K not a multiple of the group, say) is reported, not fatal.
+            Err(e) => skipped.push(format!("{name}: {e}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    save_weights(output, &layers)?;
+    let bytes: usize = layers.values().map(W4A8Weights::storage_bytes).sum();
+    println!(
+        "wrote {} layers ({granularity}, {:.2} MB) to {}",
+        layers.len(),
+        bytes as f64 / 1e6,
+        output.display()
+    );
+    for s in &skipped {
+        println!("skipped {s}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => info(),
+        Command::Demo { backend, m, n, k, group, iters, seed } => demo(&backend, m, n, k, group, iters, seed),
+        Command::Quantize { input, output, group, filter } => {
+            quantize(&input, &output, group, filter.as_deref())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
