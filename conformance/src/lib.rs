@@ -289,6 +289,9 @@ pub fn bad_input_is_rejected<B: Gemm>(make: impl Fn() -> Result<B>) {
     expect_err("x shorter than M·K", b.quantize_activations(&[one; 7], 2, 4, None), |e| {
         matches!(e, ShapeMismatch { .. })
     });
+    expect_err("M·K past usize", b.quantize_activations(&[one; 8], usize::MAX / 2, 4, None), |e| {
+        matches!(e, ShapeMismatch { .. })
+    });
     still_works(&b, "ShapeMismatch");
     expect_err("M = 0", b.quantize_activations(&[], 0, 4, None), |e| {
         matches!(e, EmptyDimension { what: "M" })

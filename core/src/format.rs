@@ -117,7 +117,7 @@ impl QuantizedActivations {
     pub fn new(m: usize, k: usize, values: Vec<i8>, scales: Vec<f32>) -> Result<Self> {
         check_nonzero("M", m)?;
         check_k(k)?;
-        check_len("activation values (M·K)", m * k, values.len())?;
+        check_len("activation values (M·K)", m.saturating_mul(k), values.len())?;
         check_len("activation scales (M)", m, scales.len())?;
         if let Some(index) = values.iter().position(|&v| v == i8::MIN) {
             return Err(Error::InvalidValue {
@@ -187,7 +187,7 @@ impl W4A8Weights {
         check_k(k)?;
         granularity.validate(k)?;
         let wpr = words_per_row(k);
-        check_len("qweight (N·⌈K/8⌉ words)", n * wpr, qweight.len())?;
+        check_len("qweight (N·⌈K/8⌉ words)", n.saturating_mul(wpr), qweight.len())?;
         if !k.is_multiple_of(8) {
             // Padding nibbles (k..8·⌈K/8⌉) of the last word of each row must be zero.
             let pad_mask = !0u32 << (4 * (k % 8));
@@ -204,7 +204,7 @@ impl W4A8Weights {
         }
         check_len("channel scales (N)", n, channel_scales.len())?;
         check_scales("channel scales", &channel_scales)?;
-        check_len("group scales ((K/g)·N)", granularity.groups(k) * n, group_scales.len())?;
+        check_len("group scales ((K/g)·N)", granularity.groups(k).saturating_mul(n), group_scales.len())?;
         if let Some(index) = group_scales.iter().position(|&s| s == 0 || s > MAX_GROUP_SCALE) {
             return Err(Error::InvalidValue {
                 what: "group scales",
@@ -231,7 +231,7 @@ impl W4A8Weights {
     ) -> Result<Self> {
         check_nonzero("N", n)?;
         check_k(k)?;
-        check_len("int4 weights (N·K)", n * k, q.len())?;
+        check_len("int4 weights (N·K)", n.saturating_mul(k), q.len())?;
         let qweight = pack_int4(q, n, k)?;
         Self::new(n, k, granularity, qweight, channel_scales, group_scales, bias)
     }

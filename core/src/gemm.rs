@@ -129,7 +129,8 @@ pub fn check_gemm_args(
 pub fn check_activation_args(x_len: usize, m: usize, k: usize, smooth: Option<&[f32]>) -> Result<()> {
     check_nonzero("M", m)?;
     check_k(k)?;
-    check_len("activations (M·K)", m * k, x_len)?;
+    // Saturating: an M·K past usize cannot match any slice length, and must not overflow.
+    check_len("activations (M·K)", m.saturating_mul(k), x_len)?;
     if let Some(s) = smooth {
         check_len("smoothing vector (K)", k, s.len())?;
         check_finite("smoothing vector", s)?;

@@ -12,6 +12,8 @@
 //! - `Y[m,n] = f16(((f32(acc) · s_x[m]) · s_ch[n]) + bias[n])`, left to right in f32, round to
 //!   nearest even; without a bias there is no addition.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod calib;
 pub mod error;
 pub mod format;
 pub mod gemm;
@@ -19,6 +21,7 @@ pub mod io;
 pub mod oracle;
 pub mod pack;
 pub mod quantize;
+pub mod rng;
 
 pub use error::{BackendKind, Error, Result};
 pub use format::{

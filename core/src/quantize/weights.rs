@@ -92,7 +92,7 @@ pub fn quantize_weights_rtn(
     check_nonzero("N", n)?;
     check_k(k)?;
     granularity.validate(k)?;
-    check_len("weights (N·K)", n * k, w.len())?;
+    check_len("weights (N·K)", n.saturating_mul(k), w.len())?;
     check_finite("weights", w)?;
     let rows: Vec<(f32, Vec<u8>, Vec<i8>)> = w
         .par_chunks(k)

@@ -1,0 +1,545 @@
+//! [`CudaBackend`]: the [`Gemm`] trait on one CUDA device through cudarc's driver API.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, cudaError_enum};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, next_device_id};
+use w4a8_core::{
+    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, QuantizedActivations, Result,
+    W4A8Weights, f16,
+};
+
+use crate::kernels::{self, KERNELS, QUANTIZE_ACTIVATIONS, SPLITK_EPILOGUE};
+use crate::layout::{self, GemmConfig, PackedWeights, THREADS};
+
+/// Lowest compute capability with `cp.async`, `ldmatrix` and `mma.m16n8k32` on s8.
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable { backend: BackendKind::Cuda, reason: reason.into() }
+}
+
+fn driver_name(e: &DriverError) -> String {
+    e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0))
+}
+
+/// Maps a driver error to the library's error: a lost or faulted context is [`Error::DeviceLost`].
+pub(crate) fn driver_err(what: &str, e: DriverError) -> Error {
+    let name = driver_name(&e);
+    let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let message = format!("{what}: {name} ({text})");
+    match e.0 {
+        cudaError_enum::CUDA_ERROR_ILLEGAL_ADDRESS
+        | cudaError_enum::CUDA_ERROR_LAUNCH_FAILED
+        | cudaError_enum::CUDA_ERROR_ECC_UNCORRECTABLE
+        | cudaError_enum::CUDA_ERROR_DEVICE_UNAVAILABLE
+        | cudaError_enum::CUDA_ERROR_CONTEXT_IS_DESTROYED
+        | cudaError_enum::CUDA_ERROR_DEINITIALIZED
+        | cudaError_enum::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | cudaError_enum::CUDA_ERROR_ILLEGAL_INSTRUCTION => {
+            Error::DeviceLost { backend: BackendKind::Cuda, reason: message }
+        }
+        _ => Error::Backend { backend: BackendKind::Cuda, message },
+    }
+}
+
+/// Checks that the CUDA driver library can be loaded. cudarc (with `dynamic-loading`) panics on
+/// first use when it cannot; this finds out first, by name, without initializing anything.
+pub fn probe_driver() -> std::result::Result<(), String> {
+    // SAFETY: is_culib_present only dlopen()s candidate library names and drops the handles.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err("the CUDA driver (libcuda.so.1) is not installed or not on the loader path: no NVIDIA GPU \
+             driver on this machine"
+            .into())
+    }
+}
+
+/// Runs a first call into cudarc, turning a panic (a symbol missing from an old driver library)
+/// into [`Error::Unavailable`].
+fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| match e.0 {
+            cudaError_enum::CUDA_ERROR_NO_DEVICE | cudaError_enum::CUDA_ERROR_INVALID_DEVICE => {
+                unavailable(format!("{what}: {} — no usable CUDA device", driver_name(&e)))
+            }
+            cudaError_enum::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+            | cudaError_enum::CUDA_ERROR_NOT_INITIALIZED => {
+                unavailable(format!("{what}: {} — the driver is too old or not initialized", driver_name(&e)))
+            }
+            _ => driver_err(what, e),
+        }),
+        Err(_) => Err(unavailable(format!(
+            "{what}: the CUDA driver library lacks a function this build needs (driver older than CUDA 13.0?)"
+        ))),
+    }
+}
+
+/// The W4A8 backend on one CUDA device (compute capability 8.0 or newer).
+///
+/// All work goes to one stream owned by the backend; buffers made by one backend are refused by
+/// another ([`Error::ForeignBuffer`]).
+pub struct CudaBackend {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    sms: usize,
+    total_mem: usize,
+    /// Split-K partial sums, grown on demand; reused call after call (stream order protects it).
+    workspace: Mutex<Option<CudaSlice<i32>>>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// Weights repacked for the GEMM kernel and resident on the device.
+pub struct CudaWeights {
+    device_id: u64,
+    n: usize,
+    k: usize,
+    granularity: Granularity,
+    n_pad: usize,
+    k_pad: usize,
+    words: CudaSlice<u32>,
+    group_scales: Option<CudaSlice<u8>>,
+    channel_scales: CudaSlice<f32>,
+    bias: Option<CudaSlice<f32>>,
+}
+
+/// Quantized activations on the device: int8 `[M][padded K]` and f32 scales `[M]`.
+pub struct CudaActivations {
+    device_id: u64,
+    m: usize,
+    k: usize,
+    values: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+}
+
+/// An M×N f16 output on the device.
+pub struct CudaOutput {
+    device_id: u64,
+    m: usize,
+    n: usize,
+    data: CudaSlice<f16>,
+}
+
+impl DeviceTensor for CudaWeights {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+impl DeviceTensor for CudaActivations {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.m, self.k)
+    }
+}
+impl DeviceTensor for CudaOutput {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.m, self.n)
+    }
+}
+
+impl CudaWeights {
+    /// Bytes of device memory the prepared weights occupy.
+    pub fn device_bytes(&self) -> usize {
+        self.words.len() * 4
+            + self.group_scales.as_ref().map_or(0, |g| g.len())
+            + self.channel_scales.len() * 4
+            + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
+}
+
+/// A device pointer or null, as a kernel argument.
+fn ptr_or_null<T>(slice: Option<&CudaSlice<T>>, stream: &CudaStream) -> u64 {
+    use cudarc::driver::DevicePtr;
+    match slice {
+        // The SyncOnDrop guard is dropped at once: event tracking is off (single stream), so it
+        // records nothing.
+        Some(s) => s.device_ptr(stream).0,
+        None => 0,
+    }
+}
+
+impl CudaBackend {
+    /// The backend on device 0.
+    pub fn new() -> Result<Self> {
+        Self::with_ordinal(0)
+    }
+
+    /// The backend on device `ordinal`. Returns [`Error::Unavailable`] when the driver or NVRTC is
+    /// missing, there is no such device, or its compute capability is below 8.0.
+    pub fn with_ordinal(ordinal: usize) -> Result<Self> {
+        probe_driver().map_err(unavailable)?;
+        kernels::probe_nvrtc().map_err(unavailable)?;
+        let ctx = guarded("cuInit / cuDevicePrimaryCtxRetain", || CudaContext::new(ordinal))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| driver_err("compute capability", e))?;
+        let name = ctx.name().map_err(|e| driver_err("device name", e))?;
+        if (major, minor) < MIN_COMPUTE_CAPABILITY {
+            return Err(unavailable(format!(
+                "{name} has compute capability {major}.{minor}; the int8 mma.m16n8k32 kernels need 8.0 or newer"
+            )));
+        }
+        // SAFETY: every buffer of this backend is used on its one stream only (tensors carry the
+        // device id and are refused elsewhere), so cudarc's cross-stream event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| driver_err("cuStreamCreate", e))?;
+        let cubin = kernels::cubin_for(major, minor)?;
+        let module = ctx
+            .load_module(Ptx::from_binary(cubin.to_vec()))
+            .map_err(|e| driver_err("cuModuleLoadData", e))?;
+        let mut functions = HashMap::new();
+        for name in KERNELS {
+            let f = module
+                .load_function(name)
+                .map_err(|e| driver_err(&format!("cuModuleGetFunction({name})"), e))?;
+            functions.insert(name, f);
+        }
+        for c in layout::CONFIGS {
+            for name in [c.per_channel, c.per_group] {
+                functions[name]
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        c.smem_bytes() as i32,
+                    )
+                    .map_err(|e| driver_err(&format!("dynamic shared memory of {name}"), e))?;
+            }
+        }
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("SM count", e))? as usize;
+        let total_mem = ctx.total_mem().map_err(|e| driver_err("total memory", e))?;
+        let mut driver_version = 0;
+        // SAFETY: cuDriverGetVersion writes one int through a valid pointer; the library is loaded.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+        let info = DeviceInfo {
+            backend: BackendKind::Cuda,
+            id: next_device_id(),
+            name,
+            details: vec![
+                ("ordinal".into(), ordinal.to_string()),
+                ("compute capability".into(), format!("{major}.{minor}")),
+                ("multiprocessors".into(), sms.to_string()),
+                ("memory".into(), format!("{} MiB", total_mem >> 20)),
+                ("driver".into(), format!("{}.{}", driver_version / 1000, (driver_version % 1000) / 10)),
+                ("kernels".into(), format!("NVRTC, sm_{major}{minor}")),
+            ],
+        };
+        Ok(CudaBackend { info, ctx, stream, functions, sms, total_mem, workspace: Mutex::new(None) })
+    }
+
+    /// The stream all work is queued on (for the benchmark's CUDA-event timers).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn multiprocessors(&self) -> usize {
+        self.sms
+    }
+
+    fn check_alloc(&self, what: &'static str, bytes: usize) -> Result<()> {
+        if bytes > self.total_mem {
+            return Err(Error::OverDeviceLimit {
+                what,
+                requested: bytes as u64,
+                limit: self.total_mem as u64,
+                limit_name: "total device memory",
+            });
+        }
+        Ok(())
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        what: &'static str,
+        data: &[T],
+    ) -> Result<CudaSlice<T>> {
+        self.check_alloc(what, std::mem::size_of_val(data))?;
+        // A zero-length allocation is legal in cudarc but pointless; keep one element so every
+        // kernel argument is a real pointer.
+        if data.is_empty() {
+            return self.stream.alloc_zeros::<T>(1).map_err(|e| driver_err(what, e));
+        }
+        self.stream.clone_htod(data).map_err(|e| driver_err(what, e))
+    }
+
+    fn download<T: cudarc::driver::DeviceRepr>(
+        &self,
+        what: &'static str,
+        data: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(data).map_err(|e| driver_err(what, e))
+    }
+
+    fn function(&self, name: &'static str) -> &CudaFunction {
+        // Every name in KERNELS was resolved in `with_ordinal`.
+        &self.functions[name]
+    }
+
+    /// Uploads weights already in the CUDA layout.
+    pub fn upload_packed(&self, p: &PackedWeights) -> Result<CudaWeights> {
+        Ok(CudaWeights {
+            device_id: self.info.id,
+            n: p.n,
+            k: p.k,
+            granularity: p.granularity,
+            n_pad: p.n_pad,
+            k_pad: p.k_pad,
+            words: self.upload("packed weights", &p.words)?,
+            group_scales: match p.granularity {
+                Granularity::PerChannel => None,
+                Granularity::PerGroup { .. } => Some(self.upload("group scales", &p.group_scales)?),
+            },
+            channel_scales: self.upload("channel scales", &p.channel_scales)?,
+            bias: p.bias.as_ref().map(|b| self.upload("bias", b)).transpose()?,
+        })
+    }
+
+    /// Downloads prepared weights in the CUDA layout.
+    pub fn download_packed(&self, w: &CudaWeights) -> Result<PackedWeights> {
+        check_owner("weights", w, self.info.id)?;
+        Ok(PackedWeights {
+            n: w.n,
+            k: w.k,
+            granularity: w.granularity,
+            n_pad: w.n_pad,
+            k_pad: w.k_pad,
+            words: self.download("packed weights", &w.words)?,
+            group_scales: match &w.group_scales {
+                Some(g) => self.download("group scales", g)?,
+                None => Vec::new(),
+            },
+            channel_scales: self.download("channel scales", &w.channel_scales)?,
+            bias: w.bias.as_ref().map(|b| self.download("bias", b)).transpose()?,
+        })
+    }
+
+    fn workspace(&self, len: usize) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<i32>>>> {
+        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|w| w.len() < len) {
+            self.check_alloc("split-K workspace", len * 4)?;
+            *guard = None; // free the old one first
+            // SAFETY: every element the epilogue reads is written by the GEMM launch before it
+            // (split z writes rows < M, all Np columns of its slice).
+            let ws =
+                unsafe { self.stream.alloc::<i32>(len) }.map_err(|e| driver_err("split-K workspace", e))?;
+            *guard = Some(ws);
+        }
+        Ok(guard)
+    }
+}
+
+impl Gemm for CudaBackend {
+    type Weights = CudaWeights;
+    type Activations = CudaActivations;
+    type Output = CudaOutput;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn prepare(&self, weights: &W4A8Weights) -> Result<CudaWeights> {
+        self.upload_packed(&layout::pack_weights(weights))
+    }
+
+    fn read_weights(&self, weights: &CudaWeights) -> Result<W4A8Weights> {
+        layout::unpack_weights(&self.download_packed(weights)?)
+    }
+
+    fn quantize_activations(
+        &self,
+        x: &[f16],
+        m: usize,
+        k: usize,
+        smooth: Option<&[f32]>,
+    ) -> Result<CudaActivations> {
+        check_activation_args(x.len(), m, k, smooth)?;
+        if m > i32::MAX as usize {
+            return Err(Error::OverDeviceLimit {
+                what: "rows to quantize",
+                requested: m as u64,
+                limit: i32::MAX as u64,
+                limit_name: "maxGridDimX",
+            });
+        }
+        let kp = layout::padded_k(k);
+        self.check_alloc("activations", m * kp + m * k * 2)?;
+        let xd = self.upload("f16 activations", x)?;
+        let sm = smooth.map(|s| self.upload("smoothing vector", s)).transpose()?;
+        // SAFETY: the kernel writes all M·Kp values and all M scales before anything reads them.
+        let mut values =
+            unsafe { self.stream.alloc::<i8>(m * kp) }.map_err(|e| driver_err("activations", e))?;
+        let mut scales =
+            unsafe { self.stream.alloc::<f32>(m) }.map_err(|e| driver_err("activation scales", e))?;
+        let mut bad = self.stream.alloc_zeros::<u64>(1).map_err(|e| driver_err("non-finite flag", e))?;
+        let smooth_ptr = ptr_or_null(sm.as_ref(), &self.stream);
+        let (mi, ki, kpi) = (m as i32, k as i32, kp as i32);
+        let f = self.function(QUANTIZE_ACTIVATIONS);
+        let mut launch = self.stream.launch_builder(f);
+        launch
+            .arg(&xd)
+            .arg(&smooth_ptr)
+            .arg(&mut values)
+            .arg(&mut scales)
+            .arg(&mut bad)
+            .arg(&mi)
+            .arg(&ki)
+            .arg(&kpi);
+        let cfg =
+            LaunchConfig { grid_dim: (m as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: argument order and types match w4a8_quantize_activations (x: f16[M·K],
+        // smooth: f32[K] or null, q: s8[M·Kp], sx: f32[M], bad: u64[1], M, K, Kp), and every
+        // buffer has the length the kernel indexes.
+        unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4a8_quantize_activations", e))?;
+        let flag = self.download("non-finite flag", &bad)?[0];
+        if flag != 0 {
+            let index = (u64::MAX - flag) as usize;
+            let raw = x[index].to_f32();
+            let (what, value) = match smooth {
+                Some(s) if raw.is_finite() => ("smoothed activations", raw * s[index % k]),
+                _ => ("activations", raw),
+            };
+            return Err(Error::NonFinite { what, index, value });
+        }
+        Ok(CudaActivations { device_id: self.info.id, m, k, values, scales })
+    }
+
+    fn upload_activations(&self, x: &QuantizedActivations) -> Result<CudaActivations> {
+        let padded = layout::pad_activations(x.values(), x.m(), x.k());
+        Ok(CudaActivations {
+            device_id: self.info.id,
+            m: x.m(),
+            k: x.k(),
+            values: self.upload("activations", &padded)?,
+            scales: self.upload("activation scales", x.scales())?,
+        })
+    }
+
+    fn read_activations(&self, x: &CudaActivations) -> Result<QuantizedActivations> {
+        check_owner("activations", x, self.info.id)?;
+        let padded = self.download("activations", &x.values)?;
+        let kp = layout::padded_k(x.k);
+        let values = padded.chunks(kp).take(x.m).flat_map(|r| r[..x.k].iter().copied()).collect();
+        QuantizedActivations::new(x.m, x.k, values, self.download("activation scales", &x.scales)?)
+    }
+
+    fn alloc_output(&self, m: usize, n: usize, fill: f16) -> Result<CudaOutput> {
+        w4a8_core::format::check_nonzero("M", m)?;
+        w4a8_core::format::check_nonzero("N", n)?;
+        self.check_alloc("output", m.saturating_mul(n).saturating_mul(2))?;
+        let data = if fill.to_bits() == 0 {
+            self.stream.alloc_zeros::<f16>(m * n).map_err(|e| driver_err("output", e))?
+        } else {
+            self.upload("output", &vec![fill; m * n])?
+        };
+        Ok(CudaOutput { device_id: self.info.id, m, n, data })
+    }
+
+    fn gemm_into(&self, x: &CudaActivations, w: &CudaWeights, y: &mut CudaOutput) -> Result<()> {
+        check_gemm_args(self.info.id, x, w, y)?;
+        let (m, n) = (x.m, w.n);
+        let cfg = GemmConfig::for_m(m);
+        let (bx, by) = cfg.grid_mn(m, w.n_pad);
+        if by > 65_535 {
+            return Err(Error::OverDeviceLimit {
+                what: "GEMM row blocks (M / block rows)",
+                requested: by as u64,
+                limit: 65_535,
+                limit_name: "maxGridDimY",
+            });
+        }
+        let splits = cfg.splits(m, w.n_pad, w.k_pad, self.sms);
+        let entry = cfg.entry(w.granularity);
+        let group_size = w.granularity.group_size().unwrap_or(0) as i32;
+        let (mi, ni, kpi, npi) = (m as i32, n as i32, w.k_pad as i32, w.n_pad as i32);
+        let gs_ptr = ptr_or_null(w.group_scales.as_ref(), &self.stream);
+        let bias_ptr = ptr_or_null(w.bias.as_ref(), &self.stream);
+        let ws_len = if splits > 1 { splits * m * w.n_pad } else { 0 };
+        let mut ws_guard = self.workspace(ws_len.max(1))?;
+        let ws = ws_guard.as_mut().expect("workspace allocated above");
+        let launch_cfg = LaunchConfig {
+            grid_dim: (bx as u32, by as u32, splits as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: cfg.smem_bytes() as u32,
+        };
+        {
+            let mut launch = self.stream.launch_builder(self.function(entry));
+            launch
+                .arg(&x.values)
+                .arg(&x.scales)
+                .arg(&w.words)
+                .arg(&gs_ptr)
+                .arg(&w.channel_scales)
+                .arg(&bias_ptr)
+                .arg(&mut y.data)
+                .arg(&mut *ws)
+                .arg(&mi)
+                .arg(&ni)
+                .arg(&kpi)
+                .arg(&npi)
+                .arg(&group_size);
+            // SAFETY: argument order and types match W4A8_GEMM_ENTRY (x: s8[M·Kp], sx: f32[M],
+            // w: chunks [Np/32][Kp/128][512] u32, gs: slots or null, sch: f32[Np], bias: f32[Np] or
+            // null, y: f16[M·N], ws: s32[splits·M·Np] when splits > 1, M, N, Kp, Np, g); the
+            // weights were packed for exactly this Kp/Np and the activations padded to this Kp
+            // (both are padded_k(K) of the same K, checked by check_gemm_args).
+            unsafe { launch.launch(launch_cfg) }.map_err(|e| driver_err(&format!("launch {entry}"), e))?;
+        }
+        if splits > 1 {
+            let total = m * n;
+            let blocks = total.div_ceil(THREADS as usize).min(self.sms * 32) as u32;
+            let splits_i = splits as i32;
+            let mut launch = self.stream.launch_builder(self.function(SPLITK_EPILOGUE));
+            launch
+                .arg(&*ws)
+                .arg(&splits_i)
+                .arg(&x.scales)
+                .arg(&w.channel_scales)
+                .arg(&bias_ptr)
+                .arg(&mut y.data)
+                .arg(&mi)
+                .arg(&ni)
+                .arg(&npi);
+            let cfg =
+                LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: matches w4a8_splitk_epilogue (ws: s32[splits·M·Np] fully written by the GEMM
+            // launch above on the same stream, splits, sx, sch, bias or null, y: f16[M·N], M, N, Np).
+            unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4a8_splitk_epilogue", e))?;
+        }
+        Ok(())
+    }
+
+    fn read_output(&self, y: &CudaOutput) -> Result<Vec<f16>> {
+        check_owner("output", y, self.info.id)?;
+        self.download("output", &y.data)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_err("cuStreamSynchronize", e))
+    }
+}

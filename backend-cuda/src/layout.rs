@@ -1,0 +1,411 @@
+//! The CUDA backend's weight layout: the repacking done once in `prepare`, its exact inverse for
+//! `read_weights`, activation padding, and the kernel configurations with their launch geometry.
+//!
+//! Every constant here mirrors one in `kernels/w4a8_common.cuh` or `kernels/w4a8_gemm.cu`
+//! (a test reads the CUDA source and checks they agree).
+//!
+//! # Packing ↔ dequant invariant
+//!
+//! The packed weights are a sequence of 2 KiB chunks, one per (n32 tile `j`, k-tile `kt`), in the
+//! order `[j][kt]`. Inside a chunk, word `(s·32 + lane)·4 + ni` is lane `lane`'s share of the B
+//! fragment of mma k32-step `s` and n8 sub-tile `ni`: with `g = lane / 4`, `t = lane % 4`,
+//! `n = 32·j + 8·ni + g`, `k0 = 128·kt + 32·s`, byte `i` of the word holds
+//!
+//! ```text
+//!   low nibble  = v(n, k0 + 4t + i)        → mma register b[0], byte i   (PTX: b0..b3, k = 4t + i)
+//!   high nibble = v(n, k0 + 16 + 4t + i)   → mma register b[1], byte i   (PTX: b4..b7, k = 16 + 4t + i)
+//! ```
+//!
+//! where `v` is the two's-complement nibble `q & 0xF` per channel and the offset nibble
+//! `q + 8 = (q & 0xF) ^ 8` per group. The kernel turns one word into both registers with masks
+//! (`w4a8_dequant_per_channel` / `w4a8_dequant_per_group` in `w4a8_common.cuh`); [`crate::emulate`]
+//! runs the same bit operations through the PTX fragment map and must reproduce the CPU oracle
+//! bit for bit, which is the test that ties the two ends together.
+
+use rayon::prelude::*;
+use w4a8_core::{Granularity, Result, W4A8Weights, pack::words_per_row};
+
+/// K per pipeline stage; activations and weights are padded to a multiple of it (`W4A8_BK`).
+pub const BK: usize = 128;
+/// K of one `mma.m16n8k32` (`W4A8_KSTEP`).
+pub const KSTEP: usize = 32;
+/// Output columns per warp (`W4A8_WARP_N`): four n8 mma tiles.
+pub const WARP_N: usize = 32;
+/// u32 words per packed chunk of n32 × k128 nibbles (`W4A8_CHUNK_WORDS`).
+pub const CHUNK_WORDS: usize = 512;
+/// Bytes of group scales per (n32 tile, k-tile, slot) (`W4A8_SCALE_SLOT_BYTES`).
+pub const SCALE_SLOT_BYTES: usize = 32;
+/// N is padded to a multiple of this (the widest block, so no block reads past the packed data).
+pub const N_ALIGN: usize = 128;
+/// Threads per block of every kernel.
+pub const THREADS: u32 = 256;
+
+/// K rounded up to the k-tile.
+pub fn padded_k(k: usize) -> usize {
+    k.div_ceil(BK) * BK
+}
+
+/// N rounded up to [`N_ALIGN`].
+pub fn padded_n(n: usize) -> usize {
+    n.div_ceil(N_ALIGN) * N_ALIGN
+}
+
+/// Group-scale slots per k-tile: 4 groups of 32, 2 of 64, else the one group a k-tile lies in.
+pub fn group_slots(group_size: usize) -> usize {
+    if group_size < BK { BK / group_size } else { 1 }
+}
+
+/// Weights in the CUDA layout, on the host (what `prepare` uploads and `read_weights` downloads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedWeights {
+    /// Output features.
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// Per channel or per group.
+    pub granularity: Granularity,
+    /// N padded to [`N_ALIGN`].
+    pub n_pad: usize,
+    /// K padded to [`BK`].
+    pub k_pad: usize,
+    /// The chunks, `[n_pad/32][k_pad/128][512]` words.
+    pub words: Vec<u32>,
+    /// Group scales `[n_pad/32][k_pad/128][slots][8][4]` (empty per channel); padding is 1.
+    pub group_scales: Vec<u8>,
+    /// `s_ch`, padded with zeros to `n_pad`.
+    pub channel_scales: Vec<f32>,
+    /// Bias padded with zeros to `n_pad`, if any.
+    pub bias: Option<Vec<f32>>,
+}
+
+/// The nibble stored for weight (n, k): two's complement per channel, offset by 8 per group;
+/// padding (n ≥ N or k ≥ K) stores the value 0.
+#[inline]
+fn stored_nibble(
+    qweight: &[u32],
+    wpr: usize,
+    n_real: usize,
+    k_real: usize,
+    per_group: bool,
+    n: usize,
+    k: usize,
+) -> u32 {
+    let offset = if per_group { 8 } else { 0 };
+    if n >= n_real || k >= k_real {
+        return offset;
+    }
+    // Canonical storage: nibble k%8 of word k/8 of row n (lowest nibble = lowest k).
+    let nib = (qweight[n * wpr + k / 8] >> (4 * (k % 8))) & 0xF;
+    // q + 8 == q ^ 8 on a 4-bit two's-complement nibble (flips the sign bit: -8..7 → 0..15).
+    nib ^ offset
+}
+
+/// Packs one word: see the module docs for the invariant.
+#[allow(clippy::too_many_arguments)]
+fn pack_word(
+    w: &W4A8Weights,
+    wpr: usize,
+    per_group: bool,
+    j: usize,
+    kt: usize,
+    s: usize,
+    lane: usize,
+    ni: usize,
+) -> u32 {
+    let (g, t) = (lane / 4, lane % 4);
+    let n = WARP_N * j + 8 * ni + g;
+    let k0 = BK * kt + KSTEP * s;
+    let q = w.qweight();
+    let mut word = 0u32;
+    for i in 0..4 {
+        let lo = stored_nibble(q, wpr, w.n(), w.k(), per_group, n, k0 + 4 * t + i);
+        let hi = stored_nibble(q, wpr, w.n(), w.k(), per_group, n, k0 + 16 + 4 * t + i);
+        word |= (lo | (hi << 4)) << (8 * i);
+    }
+    word
+}
+
+/// Repacks canonical weights into the CUDA layout.
+pub fn pack_weights(w: &W4A8Weights) -> PackedWeights {
+    let (n, k) = (w.n(), w.k());
+    let (n_pad, k_pad) = (padded_n(n), padded_k(k));
+    let (tiles, kts) = (n_pad / WARP_N, k_pad / BK);
+    let wpr = words_per_row(k);
+    let per_group = w.granularity().group_size().is_some();
+    let mut words = vec![0u32; tiles * kts * CHUNK_WORDS];
+    words.par_chunks_mut(CHUNK_WORDS).enumerate().for_each(|(chunk, out)| {
+        let (j, kt) = (chunk / kts, chunk % kts);
+        for (idx, word) in out.iter_mut().enumerate() {
+            let (s, lane, ni) = (idx / 128, (idx / 4) % 32, idx % 4);
+            *word = pack_word(w, wpr, per_group, j, kt, s, lane, ni);
+        }
+    });
+    let group_scales = match w.granularity().group_size() {
+        None => Vec::new(),
+        Some(gsz) => {
+            let slots = group_slots(gsz);
+            let groups = k / gsz;
+            let mut out = vec![1u8; tiles * kts * slots * SCALE_SLOT_BYTES];
+            for (idx, v) in out.iter_mut().enumerate() {
+                let byte = idx % SCALE_SLOT_BYTES;
+                let rest = idx / SCALE_SLOT_BYTES;
+                let (slot, kt, j) = (rest % slots, (rest / slots) % kts, rest / (slots * kts));
+                let (g, ni) = (byte / 4, byte % 4);
+                let col = WARP_N * j + 8 * ni + g;
+                let grp = (BK * kt + slot * gsz.min(BK)) / gsz;
+                if col < n && grp < groups {
+                    *v = w.group_scales()[grp * n + col];
+                }
+            }
+            out
+        }
+    };
+    let pad = |v: &[f32]| {
+        let mut p = v.to_vec();
+        p.resize(n_pad, 0.0);
+        p
+    };
+    PackedWeights {
+        n,
+        k,
+        granularity: w.granularity(),
+        n_pad,
+        k_pad,
+        words,
+        group_scales,
+        channel_scales: pad(w.channel_scales()),
+        bias: w.bias().map(pad),
+    }
+}
+
+/// The exact inverse of [`pack_weights`]: canonical weights back from the CUDA layout.
+pub fn unpack_weights(p: &PackedWeights) -> Result<W4A8Weights> {
+    let (n, k) = (p.n, p.k);
+    let kts = p.k_pad / BK;
+    let wpr = words_per_row(k);
+    let per_group = p.granularity.group_size().is_some();
+    let offset = if per_group { 8 } else { 0 };
+    let mut qweight = vec![0u32; n * wpr];
+    for (chunk, words) in p.words.chunks(CHUNK_WORDS).enumerate() {
+        let (j, kt) = (chunk / kts, chunk % kts);
+        for (idx, &word) in words.iter().enumerate() {
+            let (s, lane, ni) = (idx / 128, (idx / 4) % 32, idx % 4);
+            let (g, t) = (lane / 4, lane % 4);
+            let row = WARP_N * j + 8 * ni + g;
+            if row >= n {
+                continue;
+            }
+            let k0 = BK * kt + KSTEP * s;
+            for i in 0..4 {
+                let byte = word >> (8 * i);
+                for (col, nib) in [(k0 + 4 * t + i, byte & 0xF), (k0 + 16 + 4 * t + i, (byte >> 4) & 0xF)] {
+                    if col < k {
+                        qweight[row * wpr + col / 8] |= (nib ^ offset) << (4 * (col % 8));
+                    }
+                }
+            }
+        }
+    }
+    let group_scales = match p.granularity.group_size() {
+        None => Vec::new(),
+        Some(gsz) => {
+            let slots = group_slots(gsz);
+            let groups = k / gsz;
+            let mut out = vec![0u8; groups * n];
+            for grp in 0..groups {
+                // The first (k-tile, slot) that holds group `grp`.
+                let (kt, slot) = ((grp * gsz) / BK, ((grp * gsz) % BK) / gsz.min(BK));
+                for col in 0..n {
+                    let (j, g, ni) = (col / WARP_N, col % 8, (col % WARP_N) / 8);
+                    out[grp * n + col] =
+                        p.group_scales[((j * kts + kt) * slots + slot) * SCALE_SLOT_BYTES + g * 4 + ni];
+                }
+            }
+            out
+        }
+    };
+    W4A8Weights::new(
+        n,
+        k,
+        p.granularity,
+        qweight,
+        p.channel_scales[..n].to_vec(),
+        group_scales,
+        p.bias.as_ref().map(|b| b[..n].to_vec()),
+    )
+}
+
+/// Activations as the GEMM reads them: M rows of `padded_k(K)` int8, zeros past K.
+pub fn pad_activations(values: &[i8], m: usize, k: usize) -> Vec<i8> {
+    let kp = padded_k(k);
+    let mut out = vec![0i8; m * kp];
+    for (dst, src) in out.chunks_mut(kp).zip(values.chunks(k)) {
+        dst[..k].copy_from_slice(src);
+    }
+    out
+}
+
+/// One block-tiling configuration of the GEMM kernel (mirrors `W4A8_GEMM_ENTRY` in w4a8_gemm.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmConfig {
+    /// Entry point per channel.
+    pub per_channel: &'static str,
+    /// Entry point per group.
+    pub per_group: &'static str,
+    /// Rows per block.
+    pub bm: usize,
+    /// Warps along M.
+    pub warps_m: usize,
+    /// Warps along N (each 32 columns).
+    pub warps_n: usize,
+    /// Warps along K (sharing a stage's four k32 steps).
+    pub warps_k: usize,
+    /// cp.async pipeline depth.
+    pub stages: usize,
+    /// The largest M this configuration is chosen for.
+    pub max_m: usize,
+}
+
+/// The configurations, smallest M first.
+pub const CONFIGS: [GemmConfig; 3] = [
+    GemmConfig {
+        per_channel: "w4a8_gemm_small_per_channel",
+        per_group: "w4a8_gemm_small_per_group",
+        bm: 16,
+        warps_m: 1,
+        warps_n: 2,
+        warps_k: 4,
+        stages: 6,
+        max_m: 16,
+    },
+    GemmConfig {
+        per_channel: "w4a8_gemm_medium_per_channel",
+        per_group: "w4a8_gemm_medium_per_group",
+        bm: 64,
+        warps_m: 2,
+        warps_n: 2,
+        warps_k: 2,
+        stages: 4,
+        max_m: 64,
+    },
+    GemmConfig {
+        per_channel: "w4a8_gemm_large_per_channel",
+        per_group: "w4a8_gemm_large_per_group",
+        bm: 128,
+        warps_m: 2,
+        warps_n: 4,
+        warps_k: 1,
+        stages: 4,
+        max_m: usize::MAX,
+    },
+];
+
+impl GemmConfig {
+    /// The configuration used for `m` rows.
+    pub fn for_m(m: usize) -> GemmConfig {
+        *CONFIGS.iter().find(|c| m <= c.max_m).unwrap_or(&CONFIGS[2])
+    }
+    /// Columns per block.
+    pub fn bn(&self) -> usize {
+        WARP_N * self.warps_n
+    }
+    /// Rows per warp.
+    pub fn wm(&self) -> usize {
+        self.bm / self.warps_m
+    }
+    /// Bytes of one pipeline stage: A tile, B chunks, group-scale slots.
+    pub fn stage_bytes(&self) -> usize {
+        self.bm * BK + self.warps_n * CHUNK_WORDS * 4 + self.warps_n * 4 * SCALE_SLOT_BYTES
+    }
+    /// Dynamic shared memory per block (`W4a8Config::SMEM`).
+    pub fn smem_bytes(&self) -> usize {
+        let pipe = self.stages * self.stage_bytes();
+        let red = (self.warps_k - 1) * self.warps_m * self.warps_n * 32 * (self.wm() / 16) * 16 * 4;
+        pipe.max(red)
+    }
+    /// The entry point for a granularity.
+    pub fn entry(&self, granularity: Granularity) -> &'static str {
+        match granularity {
+            Granularity::PerChannel => self.per_channel,
+            Granularity::PerGroup { .. } => self.per_group,
+        }
+    }
+    /// Blocks along (N, M) before splitting K.
+    pub fn grid_mn(&self, m: usize, n_pad: usize) -> (usize, usize) {
+        (n_pad / self.bn(), m.div_ceil(self.bm))
+    }
+    /// How many ways to split K so that `sms` multiprocessors all get several blocks: 4 blocks per
+    /// SM for the memory-bound small configuration, 2 otherwise, never more splits than k-tiles.
+    pub fn splits(&self, m: usize, n_pad: usize, k_pad: usize, sms: usize) -> usize {
+        let (bx, by) = self.grid_mn(m, n_pad);
+        let blocks = bx * by;
+        let per_sm = if self.bm <= 16 { 4 } else { 2 };
+        let target = sms.max(1) * per_sm;
+        if blocks >= target {
+            return 1;
+        }
+        target.div_ceil(blocks).clamp(1, k_pad / BK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(n: usize, k: usize, gran: Granularity, seed: u64, bias: bool) -> W4A8Weights {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let q: Vec<i8> = (0..n * k).map(|_| (next() % 16) as i8 - 8).collect();
+        let s_ch: Vec<f32> = (0..n).map(|_| (next() % 1000) as f32 * 1e-4).collect();
+        let s_g: Vec<u8> = (0..gran.groups(k) * n).map(|_| (next() % 16) as u8 + 1).collect();
+        let b = bias.then(|| (0..n).map(|_| (next() % 200) as f32 * 0.01 - 1.0).collect());
+        W4A8Weights::from_int4(n, k, gran, &q, s_ch, s_g, b).unwrap()
+    }
+
+    #[test]
+    fn pack_then_unpack_is_lossless() {
+        for (n, k, gran) in [
+            (1, 1, Granularity::PerChannel),
+            (37, 129, Granularity::PerChannel),
+            (130, 256, Granularity::PerChannel),
+            (9, 96, Granularity::PerGroup { group_size: 32 }),
+            (33, 192, Granularity::PerGroup { group_size: 64 }),
+            (40, 384, Granularity::PerGroup { group_size: 128 }),
+            (17, 768, Granularity::PerGroup { group_size: 256 }),
+        ] {
+            for bias in [false, true] {
+                let w = weights(n, k, gran, (n * k) as u64, bias);
+                let p = pack_weights(&w);
+                assert_eq!(p.words.len(), p.n_pad / WARP_N * (p.k_pad / BK) * CHUNK_WORDS);
+                assert_eq!(unpack_weights(&p).unwrap(), w, "n={n} k={k} {gran}");
+            }
+        }
+    }
+
+    #[test]
+    fn padding_dequantizes_to_zero() {
+        // Per group, padding nibbles are stored as 8 (q = 0); per channel as 0.
+        let w = weights(3, 32, Granularity::PerGroup { group_size: 32 }, 1, false);
+        let p = pack_weights(&w);
+        // Column 3 (n ≥ N) lives in word ni = 0 of lane 12 (g = 3): all nibbles are padding.
+        assert_eq!(p.words[12 * 4], 0x8888_8888);
+        let w = weights(3, 32, Granularity::PerChannel, 1, false);
+        assert_eq!(pack_weights(&w).words[12 * 4], 0);
+    }
+
+    #[test]
+    fn split_choice_fills_the_machine_and_stays_in_range() {
+        let c = GemmConfig::for_m(1);
+        assert_eq!(c.bm, 16);
+        // 8192 × 28672 on 132 SMs: 128 blocks → 5 splits (≥ 4 blocks per SM), ≤ 224 k-tiles.
+        let s = c.splits(1, 8192, 28672, 132);
+        assert!(128 * s >= 4 * 132 && s <= 28672 / BK);
+        assert_eq!(c.splits(1, 128, 128, 132), 1); // one k-tile: nothing to split
+        assert_eq!(GemmConfig::for_m(4096).splits(4096, 4096, 4096, 132), 1);
+        assert_eq!(GemmConfig::for_m(17).bm, 64);
+        assert_eq!(GemmConfig::for_m(65).bm, 128);
+    }
+}

@@ -1,0 +1,1333 @@
+//! The wgpu device, its pipelines, the handles and the `Gemm` implementation.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use half::f16;
+use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, next_device_id};
+use w4a8_core::{
+    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, QuantizedActivations, Result,
+    W4A8Weights,
+};
+
+use crate::layout::{self, BLOCK_K, PackedChunk};
+use crate::shaders::{self, ShaderModuleSpec, entry};
+
+const BACKEND: BackendKind = BackendKind::Wgpu;
+
+/// How a [`WgpuBackend`] is set up.
+#[derive(Clone, Debug)]
+pub struct WgpuOptions {
+    /// Use the subgroup kernels when the adapter has `Features::SUBGROUP` (default true); false
+    /// forces the portable workgroup-memory paths.
+    pub use_subgroups: bool,
+    /// Caps the storage-binding size the backend plans with, below the device's own
+    /// `max_storage_buffer_binding_size` (None: the device limit). Lets tests exercise weight
+    /// splitting and the over-limit errors on small shapes.
+    pub max_binding_bytes: Option<u64>,
+    /// Caps `max_compute_workgroups_per_dimension` the same way (None: the device limit), so that
+    /// tests reach the 2-D folding of large dispatches on small shapes.
+    pub max_workgroups_per_dimension: Option<u32>,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions { use_subgroups: true, max_binding_bytes: None, max_workgroups_per_dimension: None }
+    }
+}
+
+/// Which W4A8 GEMM kernel [`WgpuBackend::gemm_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// Small-M kernel for M ≤ 16, tiled kernel above.
+    Auto,
+    /// The split-K decode kernel (rows processed 16 at a time when M > 16).
+    SmallM,
+    /// The 64×64 tiled kernel.
+    Tiled,
+}
+
+/// How [`WgpuBackend::time_gemm`] and friends measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKind {
+    /// GPU timestamps written at the start and end of the compute pass (`TIMESTAMP_QUERY`).
+    DeviceTimestamps,
+    /// Host clock around submit + wait (the adapter has no timestamp queries).
+    Host,
+}
+
+/// Prepared weights: the shader layout split into column chunks that each fit one storage binding,
+/// plus the channel scales and bias for the epilogue.
+pub struct WgpuWeights {
+    device_id: u64,
+    n: usize,
+    k: usize,
+    granularity: Granularity,
+    chunks: Vec<WeightChunk>,
+    channel_scales: wgpu::Buffer,
+    bias: Option<wgpu::Buffer>,
+}
+
+struct WeightChunk {
+    n0: usize,
+    nc: usize,
+    qweight: wgpu::Buffer,
+    /// Packed u8 group scales, or a 4-byte placeholder per channel.
+    group_scales: wgpu::Buffer,
+}
+
+impl WgpuWeights {
+    /// How many storage bindings (and dispatches per GEMM) the weights were split into.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+    /// Per-channel or per-group.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+}
+
+impl DeviceTensor for WgpuWeights {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+
+/// Quantized activations on the device: M × Kp/4 words of four int8 (k ≥ K zero) and M f32 scales.
+pub struct WgpuActivations {
+    device_id: u64,
+    m: usize,
+    k: usize,
+    values: wgpu::Buffer,
+    scales: wgpu::Buffer,
+}
+
+impl DeviceTensor for WgpuActivations {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.m, self.k)
+    }
+}
+
+/// An M×N f16 output on the device, rows padded to an even count of f16 (two per 32-bit word).
+pub struct WgpuOutput {
+    device_id: u64,
+    m: usize,
+    n: usize,
+    buffer: wgpu::Buffer,
+}
+
+impl WgpuOutput {
+    /// The device buffer: M rows of `2·⌈N/2⌉` f16.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl DeviceTensor for WgpuOutput {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.m, self.n)
+    }
+}
+
+/// A rows × cols f16 matrix on the device (operand of the f16 baseline GEMM), rows padded to an
+/// even count of f16 with zeros.
+pub struct F16Matrix {
+    device_id: u64,
+    rows: usize,
+    cols: usize,
+    buffer: wgpu::Buffer,
+}
+
+impl DeviceTensor for F16Matrix {
+    fn device_id(&self) -> u64 {
+        self.device_id
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+// Uniform blocks, field for field the structs of the same name in the shaders.
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct QuantParams {
+    m: u32,
+    k: u32,
+    x_stride: u32,
+    has_smooth: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SmallMParams {
+    m: u32,
+    n_chunk: u32,
+    n_offset: u32,
+    n_total: u32,
+    kb_total: u32,
+    kb_per_split: u32,
+    n_tiles: u32,
+    splits: u32,
+    group_blocks: u32,
+    sg_stride: u32,
+    x_stride: u32,
+    m0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct EpilogueParams {
+    m: u32,
+    n: u32,
+    y_stride: u32,
+    has_bias: u32,
+    count: u32,
+    pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TiledParams {
+    m: u32,
+    n_chunk: u32,
+    n_offset: u32,
+    n_total: u32,
+    kb_total: u32,
+    m_tiles: u32,
+    n_tiles: u32,
+    group_blocks: u32,
+    sg_stride: u32,
+    x_stride: u32,
+    y_stride: u32,
+    has_bias: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct F16Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    k_stride: u32,
+    m_tiles: u32,
+    n_tiles: u32,
+    y_stride: u32,
+    pad: u32,
+}
+
+/// Workgroup sizes and tiles of the shaders (see the .wgsl files).
+const QUANT_WG_ROWS: usize = 1;
+const SMALL_M_COLS: usize = 64;
+const TILE: usize = 64;
+const EPI_WG: usize = 256;
+/// Rows per tiled-GEMM dispatch are a multiple of this, so that binding offsets of activation
+/// rows (Kp bytes, Kp multiple of 32), scales (4 bytes) and output rows (even f16 count) stay
+/// multiples of 256 bytes, the largest `min_storage_buffer_offset_alignment` WebGPU allows.
+const ROW_CHUNK_ALIGN: usize = 128;
+/// The small-M kernel aims at this many workgroups (64 invocations each) through split-K.
+const SMALL_M_TARGET_WORKGROUPS: usize = 1024;
+
+/// One compute dispatch, ready to record.
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+/// The wgpu backend: one adapter, its device and queue, compiled shader modules and a pipeline cache.
+pub struct WgpuBackend {
+    info: DeviceInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    max_binding: u64,
+    max_groups: u32,
+    subgroups: bool,
+    timestamps: bool,
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: Mutex<HashMap<(&'static str, u32), wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable { backend: BACKEND, reason: reason.into() }
+}
+
+fn backend_error(message: impl Into<String>) -> Error {
+    Error::Backend { backend: BACKEND, message: message.into() }
+}
+
+/// Runs a future to completion: with pollster on native targets; on wasm a future that is not
+/// ready at once (the browser resolves it on its event loop) is an error, since this API is
+/// synchronous.
+#[cfg(not(target_arch = "wasm32"))]
+fn block_on<F: Future>(f: F) -> Result<F::Output> {
+    Ok(pollster::block_on(f))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn block_on<F: Future>(f: F) -> Result<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Ok(v),
+        Poll::Pending => {
+            Err(unavailable("the synchronous w4a8 API cannot wait for the browser's event loop on wasm32"))
+        }
+    }
+}
+
+/// Adapter preference: real GPUs first, then virtual, then CPU; among equals a native API (Vulkan,
+/// Metal, DX12) before GL, whose llvmpipe twin of lavapipe lacks what we need.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => {
+            0
+        }
+        _ => 1,
+    };
+    (kind, api)
+}
+
+impl WgpuBackend {
+    /// Discovers the best adapter (see [`WgpuBackend::new_with`]) with default options.
+    pub fn new() -> Result<WgpuBackend> {
+        Self::new_with(WgpuOptions::default())
+    }
+
+    /// Discovers the best adapter: discrete, then integrated GPUs, then virtual and CPU adapters;
+    /// native APIs before GL. Returns [`Error::Unavailable`] with the reason when there is none, or
+    /// none that runs compute shaders with the `packed_4x8_integer_dot_product` WGSL extension.
+    pub fn new_with(options: WgpuOptions) -> Result<WgpuBackend> {
+        // Native APIs (Vulkan, Metal, DX12, WebGPU) first; GL only when they find nothing, so a
+        // machine with lavapipe never initialises EGL for its llvmpipe GL twin.
+        let mut found = None;
+        for backends in [wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY] {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = backends;
+            let instance = wgpu::Instance::new(desc);
+            let adapters = block_on(instance.enumerate_adapters(backends))?;
+            if !adapters.is_empty() {
+                found = Some((instance, adapters));
+                break;
+            }
+        }
+        let Some((instance, mut adapters)) = found else {
+            return Err(unavailable(
+                "no wgpu adapter found (no Vulkan/Metal/DX12/GL driver; on Linux without a GPU install \
+                 mesa-vulkan-drivers for lavapipe)",
+            ));
+        };
+        if !instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct)
+        {
+            return Err(unavailable(
+                "this wgpu instance lacks the WGSL language extension packed_4x8_integer_dot_product",
+            ));
+        }
+        let mut rejected = Vec::new();
+        adapters.retain(|a| {
+            let ok = a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+            if !ok {
+                rejected.push(format!(
+                    "{} ({:?}): no compute shaders",
+                    a.get_info().name,
+                    a.get_info().backend
+                ));
+            }
+            ok
+        });
+        adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
+        let mut last_error = None;
+        for adapter in adapters {
+            let features = adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+            let desc = wgpu::DeviceDescriptor {
+                label: Some("w4a8"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            };
+            match block_on(adapter.request_device(&desc))? {
+                Ok((device, queue)) => {
+                    device.on_uncaptured_error(Arc::new(|_e: wgpu::Error| {
+                        // Every operation of the backend runs inside error scopes; anything that
+                        // escapes them belongs to a device already reported lost.
+                    }));
+                    match Self::from_device(&instance, &adapter, device, queue, options.clone()) {
+                        Ok(b) => return Ok(b),
+                        Err(e) => last_error = Some(format!("{}: {e}", adapter.get_info().name)),
+                    }
+                }
+                Err(e) => {
+                    last_error = Some(format!("{}: request_device failed: {e}", adapter.get_info().name))
+                }
+            }
+        }
+        Err(unavailable(match last_error {
+            Some(e) => e,
+            None => format!("no adapter with compute shaders: {}", rejected.join("; ")),
+        }))
+    }
+
+    /// Builds the backend on a device the application already has (it must come from `adapter`).
+    /// The backend uses the device's features (subgroups and timestamp queries when enabled) and
+    /// limits as they are, and installs a device-lost callback (replacing the application's).
+    pub fn from_device(
+        instance: &wgpu::Instance,
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: WgpuOptions,
+    ) -> Result<WgpuBackend> {
+        if !instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct)
+        {
+            return Err(unavailable("the WGSL language extension packed_4x8_integer_dot_product is missing"));
+        }
+        let ainfo = adapter.get_info();
+        let limits = device.limits();
+        let features = device.features();
+        let subgroups = options.use_subgroups && features.contains(wgpu::Features::SUBGROUP);
+        let timestamps = features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let max_binding = options.max_binding_bytes.map_or(limits.max_storage_buffer_binding_size, |cap| {
+            cap.min(limits.max_storage_buffer_binding_size)
+        });
+        let max_groups =
+            options.max_workgroups_per_dimension.map_or(limits.max_compute_workgroups_per_dimension, |cap| {
+                cap.clamp(1, limits.max_compute_workgroups_per_dimension)
+            });
+        if limits.max_compute_invocations_per_workgroup < 256 || limits.max_compute_workgroup_size_x < 256 {
+            return Err(unavailable(format!(
+                "{}: needs 256 invocations per workgroup, the device allows {}",
+                ainfo.name, limits.max_compute_invocations_per_workgroup
+            )));
+        }
+        if limits.max_compute_workgroup_storage_size < 8192 {
+            return Err(unavailable(format!(
+                "{}: needs 8 KiB of workgroup memory, the device allows {}",
+                ainfo.name, limits.max_compute_workgroup_storage_size
+            )));
+        }
+        if limits.max_storage_buffers_per_shader_stage < 7 {
+            return Err(unavailable(format!(
+                "{}: needs 7 storage buffers per shader stage, the device allows {}",
+                ainfo.name, limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+
+        let lost = Arc::new(Mutex::new(None));
+        {
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut slot) = lost.lock() {
+                    *slot = Some(format!("{reason:?}: {message}"));
+                }
+            });
+        }
+
+        let id = next_device_id();
+        let details = vec![
+            ("adapter".into(), ainfo.name.clone()),
+            ("device type".into(), format!("{:?}", ainfo.device_type)),
+            ("vendor:device".into(), format!("{:#06x}:{:#06x}", ainfo.vendor, ainfo.device)),
+            ("backend API".into(), format!("{:?}", ainfo.backend)),
+            ("driver".into(), format!("{} ({})", ainfo.driver, ainfo.driver_info)),
+            ("subgroup sizes".into(), format!("{}..{}", ainfo.subgroup_min_size, ainfo.subgroup_max_size)),
+            ("subgroup kernels".into(), subgroups.to_string()),
+            ("timestamp queries".into(), timestamps.to_string()),
+            ("max storage binding".into(), limits.max_storage_buffer_binding_size.to_string()),
+            ("max buffer size".into(), limits.max_buffer_size.to_string()),
+            ("max workgroup memory".into(), limits.max_compute_workgroup_storage_size.to_string()),
+            (
+                "max invocations per workgroup".into(),
+                limits.max_compute_invocations_per_workgroup.to_string(),
+            ),
+            ("max workgroups per dimension".into(), limits.max_compute_workgroups_per_dimension.to_string()),
+            ("wgsl extensions".into(), "packed_4x8_integer_dot_product".into()),
+        ];
+        let info = DeviceInfo { backend: BACKEND, id, name: ainfo.name.clone(), details };
+
+        let mut backend = WgpuBackend {
+            info,
+            device,
+            queue,
+            limits,
+            max_binding,
+            max_groups,
+            subgroups,
+            timestamps,
+            modules: HashMap::new(),
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+        };
+        for spec in shaders::MODULES {
+            if spec.needs_subgroups && !subgroups {
+                continue;
+            }
+            let module = backend.scoped(|| Ok(backend.compile(&spec))).map_err(|e| {
+                unavailable(format!("{}: shader module {} does not compile: {e}", ainfo.name, spec.name))
+            })?;
+            backend.modules.insert(spec.name, module);
+        }
+        Ok(backend)
+    }
+
+    fn compile(&self, spec: &ShaderModuleSpec) -> wgpu::ShaderModule {
+        self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(spec.name),
+            source: wgpu::ShaderSource::Wgsl(spec.source().into()),
+        })
+    }
+
+    /// The wgpu device (for applications that share it).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Whether the subgroup kernels are in use.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// How the `time_*` methods measure.
+    pub fn timer_kind(&self) -> TimerKind {
+        if self.timestamps { TimerKind::DeviceTimestamps } else { TimerKind::Host }
+    }
+
+    fn check_lost(&self) -> Result<()> {
+        let flagged = |this: &Self| -> Result<Option<String>> {
+            Ok(this.lost.lock().map_err(|_| backend_error("device-lost flag poisoned"))?.clone())
+        };
+        let mut reason = flagged(self)?;
+        if reason.is_none() {
+            // wgpu reports a loss (e.g. after `Device::destroy`) from its maintenance step, so give
+            // it one, without waiting, before trusting the flag.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            reason = flagged(self)?;
+        }
+        match reason {
+            Some(reason) => Err(Error::DeviceLost { backend: BACKEND, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes; a captured error becomes
+    /// [`Error::Backend`] (or [`Error::DeviceLost`] once the device is gone).
+    fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_lost()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let v = block_on(validation.pop())?;
+        let o = block_on(oom.pop())?;
+        self.check_lost()?;
+        if let Some(e) = v.or(o) {
+            return Err(backend_error(e.to_string()));
+        }
+        result
+    }
+
+    fn pipeline(
+        &self,
+        entry: &'static str,
+        module: &'static str,
+        tm: Option<u32>,
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = (entry, tm.unwrap_or(0));
+        let mut cache = self.pipelines.lock().map_err(|_| backend_error("pipeline cache poisoned"))?;
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let module =
+            self.modules.get(module).ok_or_else(|| backend_error(format!("no shader module {module}")))?;
+        let constants: Vec<(&str, f64)> = tm.map(|t| vec![("TM", t as f64)]).unwrap_or_default();
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
+            cache: None,
+        });
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+        if bytes > self.max_binding {
+            return Err(Error::OverDeviceLimit {
+                what,
+                requested: bytes,
+                limit: self.max_binding,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
+    fn check_buffer(&self, what: &'static str, bytes: u64) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::OverDeviceLimit {
+                what,
+                requested: bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// A buffer holding `data` (padded with zeros to a multiple of 4 bytes, at least 4).
+    ///
+    /// Created empty and filled through the queue rather than mapped at creation: on a lost
+    /// device a mapped-at-creation buffer makes wgpu panic, this way it is a captured error.
+    fn buffer_with(&self, what: &'static str, data: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = (data.len() as u64).max(4).next_multiple_of(4);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if data.len() as u64 == size {
+            self.queue.write_buffer(&buffer, 0, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(size as usize, 0);
+            self.queue.write_buffer(&buffer, 0, &padded);
+        }
+        buffer
+    }
+
+    /// A storage buffer holding `data`.
+    fn storage_init(
+        &self,
+        what: &'static str,
+        data: &[u8],
+        extra: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        self.check_buffer(what, data.len() as u64)?;
+        Ok(self.buffer_with(what, data, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra))
+    }
+
+    fn storage_empty(&self, what: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_buffer(what, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
+        self.buffer_with("w4a8 params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
+    }
+
+    /// Folds `total` workgroups into a (x, y) grid under `max_compute_workgroups_per_dimension`.
+    fn grid(&self, what: &'static str, total: usize) -> Result<(u32, u32)> {
+        let lim = self.max_groups as usize;
+        let y = total.div_ceil(lim).max(1);
+        if y > lim {
+            return Err(Error::OverDeviceLimit {
+                what,
+                requested: total as u64,
+                limit: (lim * lim) as u64,
+                limit_name: "max_compute_workgroups_per_dimension²",
+            });
+        }
+        Ok((total.min(lim).max(1) as u32, y as u32))
+    }
+
+    fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records `dispatches` into one compute pass (with begin/end timestamps when `timer` is
+    /// given) and submits.
+    fn submit(&self, dispatches: &[Dispatch], timer: Option<&wgpu::QuerySet>) -> wgpu::SubmissionIndex {
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("w4a8") });
+        {
+            let timestamp_writes = timer.map(|query_set| wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("w4a8"), timestamp_writes });
+            for d in dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+            }
+        }
+        self.queue.submit([encoder.finish()])
+    }
+
+    fn wait(&self) -> Result<()> {
+        let r = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check_lost()?;
+        r.map(|_| ()).map_err(|e| backend_error(format!("waiting for the device: {e}")))
+    }
+
+    /// Copies `size` bytes at `offset` of `src` back to the host.
+    fn read_bytes(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let size = size.next_multiple_of(4).max(4);
+        let staging = self.scoped(|| {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("w4a8 readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            self.queue.submit([encoder.finish()]);
+            Ok(staging)
+        })?;
+        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> =
+            Arc::new(Mutex::new(None));
+        {
+            let done = done.clone();
+            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                if let Ok(mut slot) = done.lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+        self.wait()?;
+        let outcome = done.lock().map_err(|_| backend_error("readback flag poisoned"))?.take();
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.check_lost()?;
+                return Err(backend_error(format!("mapping the readback buffer: {e}")));
+            }
+            None => {
+                return Err(unavailable("the readback did not complete synchronously (wasm32 needs async)"));
+            }
+        }
+        let bytes = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| backend_error(format!("reading the mapped buffer: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // W4A8 GEMM
+
+    /// Builds the dispatches of `y = x · wᵀ (+ bias)`.
+    fn gemm_dispatches(
+        &self,
+        x: &WgpuActivations,
+        w: &WgpuWeights,
+        y: &WgpuOutput,
+        kernel: GemmKernel,
+    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+        check_gemm_args(self.info.id, x, w, y)?;
+        let small = match kernel {
+            GemmKernel::Auto => x.m <= shaders::SMALL_M_MAX,
+            GemmKernel::SmallM => true,
+            GemmKernel::Tiled => false,
+        };
+        if small { self.small_m_dispatches(x, w, y) } else { self.tiled_dispatches(x, w, y) }
+    }
+
+    fn small_m_dispatches(
+        &self,
+        x: &WgpuActivations,
+        w: &WgpuWeights,
+        y: &WgpuOutput,
+    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+        let (m, n, k) = (x.m, w.n, w.k);
+        let kp = layout::padded_k(k);
+        let kb_total = kp / BLOCK_K;
+        let acc_bytes = (m * n * 4) as u64;
+        self.check_binding("split-K int32 accumulators (M·N·4 bytes)", acc_bytes)?;
+        self.check_binding("activations (M·Kp bytes)", (m * kp) as u64)?;
+        self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
+        let acc = self.storage_empty("w4a8 accumulators", acc_bytes)?;
+        let mut dispatches = Vec::new();
+        let mut keep = Vec::new();
+        let dummy_bias = self.storage_empty("w4a8 no-bias placeholder", 4)?;
+
+        let zero = self.pipeline(entry::ZERO_ACCUMULATORS, shaders::EPILOGUE.name, None)?;
+        let y_stride = n.div_ceil(2);
+        let ep = EpilogueParams {
+            m: m as u32,
+            n: n as u32,
+            y_stride: y_stride as u32,
+            has_bias: w.bias.is_some() as u32,
+            count: (m * n) as u32,
+            pad: [0; 3],
+        };
+        let zero_params = self.uniform(&ep);
+        dispatches.push(Dispatch {
+            bind_group: self.bind(&zero, &[zero_params.as_entire_binding(), acc.as_entire_binding()]),
+            pipeline: zero,
+            groups: self.grid("accumulator clear", (m * n).div_ceil(EPI_WG))?,
+        });
+        keep.push(zero_params);
+
+        for row0 in (0..m).step_by(shaders::SMALL_M_MAX) {
+            let rows = (m - row0).min(shaders::SMALL_M_MAX);
+            let tm = *shaders::SMALL_M_TILES.iter().find(|&&t| t as usize >= rows).unwrap_or(&16);
+            let pipeline = self.pipeline(entry::GEMM_SMALL_M, shaders::GEMM_SMALL_M.name, Some(tm))?;
+            for ch in &w.chunks {
+                let n_tiles = ch.nc.div_ceil(SMALL_M_COLS);
+                let splits_wanted = SMALL_M_TARGET_WORKGROUPS.div_ceil(n_tiles).clamp(1, kb_total);
+                let kb_per_split = kb_total.div_ceil(splits_wanted);
+                let splits = kb_total.div_ceil(kb_per_split);
+                let params = self.uniform(&SmallMParams {
+                    m: rows as u32,
+                    n_chunk: ch.nc as u32,
+                    n_offset: ch.n0 as u32,
+                    n_total: n as u32,
+                    kb_total: kb_total as u32,
+                    kb_per_split: kb_per_split as u32,
+                    n_tiles: n_tiles as u32,
+                    splits: splits as u32,
+                    group_blocks: (w.granularity.group_size().unwrap_or(0) / BLOCK_K) as u32,
+                    sg_stride: ch.nc.div_ceil(4) as u32,
+                    x_stride: (kp / 4) as u32,
+                    m0: row0 as u32,
+                });
+                let bind_group = self.bind(
+                    &pipeline,
+                    &[
+                        params.as_entire_binding(),
+                        ch.qweight.as_entire_binding(),
+                        ch.group_scales.as_entire_binding(),
+                        x.values.as_entire_binding(),
+                        acc.as_entire_binding(),
+                    ],
+                );
+                dispatches.push(Dispatch {
+                    pipeline: pipeline.clone(),
+                    bind_group,
+                    groups: self.grid("small-M GEMM workgroups", n_tiles * splits)?,
+                });
+                keep.push(params);
+            }
+        }
+
+        let epi = self.pipeline(entry::EPILOGUE, shaders::EPILOGUE.name, None)?;
+        let epi_params = self.uniform(&EpilogueParams { count: (m * y_stride) as u32, ..ep });
+        let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
+        dispatches.push(Dispatch {
+            bind_group: self.bind(
+                &epi,
+                &[
+                    epi_params.as_entire_binding(),
+                    acc.as_entire_binding(),
+                    x.scales.as_entire_binding(),
+                    w.channel_scales.as_entire_binding(),
+                    bias.as_entire_binding(),
+                    y.buffer.as_entire_binding(),
+                ],
+            ),
+            pipeline: epi,
+            groups: self.grid("epilogue workgroups", (m * y_stride).div_ceil(EPI_WG))?,
+        });
+        keep.extend([epi_params, acc, dummy_bias]);
+        Ok((dispatches, keep))
+    }
+
+    fn tiled_dispatches(
+        &self,
+        x: &WgpuActivations,
+        w: &WgpuWeights,
+        y: &WgpuOutput,
+    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+        let (m, n, k) = (x.m, w.n, w.k);
+        let kp = layout::padded_k(k);
+        let y_stride = n.div_ceil(2);
+        let (x_row, y_row) = (kp as u64, (y_stride * 4) as u64);
+        // Rows per dispatch: as many as fit one binding of activations and of output, in steps of
+        // ROW_CHUNK_ALIGN so that every binding offset stays aligned.
+        let row_bytes = x_row.max(y_row);
+        let fit = (self.max_binding / row_bytes) as usize;
+        let rows_per = if m <= fit { m } else { fit / ROW_CHUNK_ALIGN * ROW_CHUNK_ALIGN };
+        if rows_per == 0 {
+            let what = "activation/output rows of one dispatch (M, or 128 when M is split)";
+            self.check_binding(what, m.min(ROW_CHUNK_ALIGN) as u64 * row_bytes)?;
+        }
+        let pipeline = self.pipeline(entry::GEMM_TILED, shaders::GEMM_TILED.name, None)?;
+        let dummy_bias = self.storage_empty("w4a8 no-bias placeholder", 4)?;
+        let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
+        let mut dispatches = Vec::new();
+        let mut keep = Vec::new();
+        for row0 in (0..m).step_by(rows_per.max(1)) {
+            let rows = (m - row0).min(rows_per);
+            let slice = |buf, per_row| row_slice(buf, row0, rows, per_row);
+            for ch in &w.chunks {
+                let (m_tiles, n_tiles) = (rows.div_ceil(TILE), ch.nc.div_ceil(TILE));
+                let params = self.uniform(&TiledParams {
+                    m: rows as u32,
+                    n_chunk: ch.nc as u32,
+                    n_offset: ch.n0 as u32,
+                    n_total: n as u32,
+                    kb_total: (kp / BLOCK_K) as u32,
+                    m_tiles: m_tiles as u32,
+                    n_tiles: n_tiles as u32,
+                    group_blocks: (w.granularity.group_size().unwrap_or(0) / BLOCK_K) as u32,
+                    sg_stride: ch.nc.div_ceil(4) as u32,
+                    x_stride: (kp / 4) as u32,
+                    y_stride: y_stride as u32,
+                    has_bias: w.bias.is_some() as u32,
+                });
+                let bind_group = self.bind(
+                    &pipeline,
+                    &[
+                        params.as_entire_binding(),
+                        ch.qweight.as_entire_binding(),
+                        ch.group_scales.as_entire_binding(),
+                        slice(&x.values, x_row),
+                        slice(&x.scales, 4),
+                        w.channel_scales.as_entire_binding(),
+                        bias.as_entire_binding(),
+                        slice(&y.buffer, y_row),
+                    ],
+                );
+                dispatches.push(Dispatch {
+                    pipeline: pipeline.clone(),
+                    bind_group,
+                    groups: self.grid("tiled GEMM workgroups", m_tiles * n_tiles)?,
+                });
+                keep.push(params);
+            }
+        }
+        keep.push(dummy_bias);
+        Ok((dispatches, keep))
+    }
+
+    /// [`Gemm::gemm_into`] with an explicit kernel choice (benches and tests pin one).
+    pub fn gemm_with(
+        &self,
+        x: &WgpuActivations,
+        w: &WgpuWeights,
+        y: &mut WgpuOutput,
+        kernel: GemmKernel,
+    ) -> Result<()> {
+        self.scoped(|| {
+            let (dispatches, _keep) = self.gemm_dispatches(x, w, y, kernel)?;
+            self.submit(&dispatches, None);
+            Ok(())
+        })
+    }
+
+    /// Runs the W4A8 GEMM `runs` times and returns each run's duration in seconds, measured as
+    /// [`WgpuBackend::timer_kind`] says.
+    pub fn time_gemm(
+        &self,
+        x: &WgpuActivations,
+        w: &WgpuWeights,
+        y: &mut WgpuOutput,
+        kernel: GemmKernel,
+        runs: usize,
+    ) -> Result<Vec<f64>> {
+        let (dispatches, _keep) = self.scoped(|| self.gemm_dispatches(x, w, y, kernel))?;
+        self.time_dispatches(&dispatches, runs)
+    }
+
+    fn time_dispatches(&self, dispatches: &[Dispatch], runs: usize) -> Result<Vec<f64>> {
+        let mut times = Vec::with_capacity(runs);
+        if self.timestamps {
+            let query_set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("w4a8 timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("w4a8 timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            for _ in 0..runs {
+                self.scoped(|| {
+                    self.submit(dispatches, Some(&query_set));
+                    let mut encoder = self.device.create_command_encoder(&Default::default());
+                    encoder.resolve_query_set(&query_set, 0..2, &resolve, 0);
+                    self.queue.submit([encoder.finish()]);
+                    Ok(())
+                })?;
+                let bytes = self.read_bytes(&resolve, 16)?;
+                let t: &[u64] = bytemuck::cast_slice(&bytes);
+                times.push(t[1].wrapping_sub(t[0]) as f64 * period);
+            }
+        } else {
+            #[cfg(target_arch = "wasm32")]
+            return Err(unavailable("host timing needs a clock and a blocking wait; not on wasm32"));
+            #[cfg(not(target_arch = "wasm32"))]
+            for _ in 0..runs {
+                self.wait()?;
+                let start = std::time::Instant::now();
+                self.scoped(|| {
+                    self.submit(dispatches, None);
+                    Ok(())
+                })?;
+                self.wait()?;
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(times)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // f16 baseline
+
+    /// Uploads a rows × cols row-major f16 matrix for [`WgpuBackend::f16_gemm`].
+    pub fn upload_f16(&self, data: &[f16], rows: usize, cols: usize) -> Result<F16Matrix> {
+        w4a8_core::format::check_nonzero("rows", rows)?;
+        w4a8_core::format::check_nonzero("columns", cols)?;
+        w4a8_core::format::check_len("f16 matrix (rows·cols)", rows * cols, data.len())?;
+        let stride = cols.next_multiple_of(2);
+        let mut padded = vec![f16::ZERO; rows * stride];
+        for (dst, src) in padded.chunks_mut(stride).zip(data.chunks(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+        let bytes = (rows * stride * 2) as u64;
+        self.check_binding("f16 matrix", bytes)?;
+        let buffer = self.scoped(|| {
+            self.storage_init("w4a8 f16 matrix", bytemuck::cast_slice(&padded), wgpu::BufferUsages::empty())
+        })?;
+        Ok(F16Matrix { device_id: self.info.id, rows, cols, buffer })
+    }
+
+    fn f16_dispatch(
+        &self,
+        x: &F16Matrix,
+        w: &F16Matrix,
+        y: &WgpuOutput,
+    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+        check_owner("f16 activations", x, self.info.id)?;
+        check_owner("f16 weights", w, self.info.id)?;
+        check_owner("output", y, self.info.id)?;
+        w4a8_core::format::check_len("K of f16 weights vs activations", x.cols, w.cols)?;
+        w4a8_core::format::check_len("output rows (M)", x.rows, y.m)?;
+        w4a8_core::format::check_len("output columns (N)", w.rows, y.n)?;
+        self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
+        let (m, n, k) = (x.rows, w.rows, x.cols);
+        let (m_tiles, n_tiles) = (m.div_ceil(TILE), n.div_ceil(TILE));
+        let pipeline = self.pipeline(entry::F16_GEMM, shaders::F16_GEMM.name, None)?;
+        let params = self.uniform(&F16Params {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            k_stride: k.div_ceil(2) as u32,
+            m_tiles: m_tiles as u32,
+            n_tiles: n_tiles as u32,
+            y_stride: n.div_ceil(2) as u32,
+            pad: 0,
+        });
+        let bind_group = self.bind(
+            &pipeline,
+            &[
+                params.as_entire_binding(),
+                x.buffer.as_entire_binding(),
+                w.buffer.as_entire_binding(),
+                y.buffer.as_entire_binding(),
+            ],
+        );
+        let groups = self.grid("f16 GEMM workgroups", m_tiles * n_tiles)?;
+        Ok((vec![Dispatch { pipeline, bind_group, groups }], vec![params]))
+    }
+
+    /// Our f16 GEMM baseline: `y = f16(x · wᵀ)` with f32 accumulation; x is M×K, w is N×K.
+    pub fn f16_gemm(&self, x: &F16Matrix, w: &F16Matrix, y: &mut WgpuOutput) -> Result<()> {
+        self.scoped(|| {
+            let (dispatches, _keep) = self.f16_dispatch(x, w, y)?;
+            self.submit(&dispatches, None);
+            Ok(())
+        })
+    }
+
+    /// Times [`WgpuBackend::f16_gemm`] like [`WgpuBackend::time_gemm`].
+    pub fn time_f16_gemm(
+        &self,
+        x: &F16Matrix,
+        w: &F16Matrix,
+        y: &mut WgpuOutput,
+        runs: usize,
+    ) -> Result<Vec<f64>> {
+        let (dispatches, _keep) = self.scoped(|| self.f16_dispatch(x, w, y))?;
+        self.time_dispatches(&dispatches, runs)
+    }
+
+    fn upload_weight_chunk(&self, chunk: &PackedChunk) -> Result<WeightChunk> {
+        Ok(WeightChunk {
+            n0: chunk.n0,
+            nc: chunk.nc,
+            qweight: self.storage_init(
+                "w4a8 qweight",
+                bytemuck::cast_slice(&chunk.qweight),
+                wgpu::BufferUsages::empty(),
+            )?,
+            group_scales: self.storage_init(
+                "w4a8 group scales",
+                bytemuck::cast_slice(&chunk.group_scales),
+                wgpu::BufferUsages::empty(),
+            )?,
+        })
+    }
+}
+
+/// Binds rows `row0 .. row0 + rows` of a buffer of `per_row`-byte rows.
+fn row_slice(buf: &wgpu::Buffer, row0: usize, rows: usize, per_row: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: row0 as u64 * per_row,
+        size: NonZeroU64::new(rows as u64 * per_row),
+    })
+}
+
+/// Returns the first element of `x · smooth` (row-major, column k scaled by `smooth[k]`) that is
+/// not finite, as the quantizer would compute it in f32.
+fn first_non_finite(x: &[f16], k: usize, smooth: Option<&[f32]>) -> Option<Error> {
+    x.iter().enumerate().find_map(|(index, &v)| {
+        let raw = v.to_f32();
+        let value = smooth.map_or(raw, |s| raw * s[index % k]);
+        // Same wording as the CPU quantizer: an input that is itself non-finite, or one the
+        // smoothing vector scaled to infinity.
+        let what = if raw.is_finite() { "smoothed activations" } else { "activations" };
+        (!value.is_finite()).then_some(Error::NonFinite { what, index, value })
+    })
+}
+
+impl Gemm for WgpuBackend {
+    type Weights = WgpuWeights;
+    type Activations = WgpuActivations;
+    type Output = WgpuOutput;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn prepare(&self, weights: &W4A8Weights) -> Result<WgpuWeights> {
+        let (n, k) = (weights.n(), weights.k());
+        let bytes_per_col = (layout::padded_k(k) / 2) as u64;
+        let max_cols = (self.max_binding.min(self.limits.max_buffer_size) / bytes_per_col) as usize;
+        if max_cols < layout::CHUNK_ALIGN_N {
+            return Err(Error::OverDeviceLimit {
+                what: "64 weight columns (one binding)",
+                requested: bytes_per_col * layout::CHUNK_ALIGN_N as u64,
+                limit: self.max_binding,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        self.scoped(|| {
+            let chunks = layout::chunk_ranges(n, max_cols)
+                .into_iter()
+                .map(|(n0, nc)| self.upload_weight_chunk(&layout::pack_chunk(weights, n0, nc)))
+                .collect::<Result<Vec<_>>>()?;
+            let channel_scales = self.storage_init(
+                "w4a8 channel scales",
+                bytemuck::cast_slice(weights.channel_scales()),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let bias = weights
+                .bias()
+                .map(|b| self.storage_init("w4a8 bias", bytemuck::cast_slice(b), wgpu::BufferUsages::empty()))
+                .transpose()?;
+            Ok(WgpuWeights {
+                device_id: self.info.id,
+                n,
+                k,
+                granularity: weights.granularity(),
+                chunks,
+                channel_scales,
+                bias,
+            })
+        })
+    }
+
+    fn read_weights(&self, w: &WgpuWeights) -> Result<W4A8Weights> {
+        check_owner("weights", w, self.info.id)?;
+        let groups = w.granularity.groups(w.k);
+        let mut chunks = Vec::with_capacity(w.chunks.len());
+        for ch in &w.chunks {
+            let qweight: Vec<u32> =
+                bytemuck::pod_collect_to_vec(&self.read_bytes(&ch.qweight, ch.qweight.size())?);
+            let group_scales: Vec<u32> =
+                bytemuck::pod_collect_to_vec(&self.read_bytes(&ch.group_scales, ch.group_scales.size())?);
+            let words = layout::padded_k(w.k) / BLOCK_K * ch.nc * 4;
+            let sg_words = groups * ch.nc.div_ceil(4);
+            chunks.push(PackedChunk {
+                n0: ch.n0,
+                nc: ch.nc,
+                qweight: qweight[..words].to_vec(),
+                group_scales: group_scales[..sg_words].to_vec(),
+            });
+        }
+        let cs: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&self.read_bytes(&w.channel_scales, (w.n * 4) as u64)?);
+        let bias = match &w.bias {
+            Some(b) => Some(
+                bytemuck::pod_collect_to_vec::<u8, f32>(&self.read_bytes(b, (w.n * 4) as u64)?)[..w.n]
+                    .to_vec(),
+            ),
+            None => None,
+        };
+        layout::unpack_chunks(w.n, w.k, w.granularity, &chunks, cs[..w.n].to_vec(), bias)
+    }
+
+    fn quantize_activations(
+        &self,
+        x: &[f16],
+        m: usize,
+        k: usize,
+        smooth: Option<&[f32]>,
+    ) -> Result<WgpuActivations> {
+        check_activation_args(x.len(), m, k, smooth)?;
+        if let Some(e) = first_non_finite(x, k, smooth) {
+            return Err(e);
+        }
+        let kp = layout::padded_k(k);
+        self.check_binding("f16 activations (M·K·2 bytes)", (m * k * 2) as u64)?;
+        self.check_binding("int8 activations (M·Kp bytes)", (m * kp) as u64)?;
+        let module = if self.subgroups { shaders::QUANTIZE_SUBGROUP } else { shaders::QUANTIZE_SHARED };
+        let entry_point = if self.subgroups { entry::QUANTIZE_SUBGROUP } else { entry::QUANTIZE };
+        self.scoped(|| {
+            let input = self.storage_init(
+                "w4a8 f16 activations",
+                bytemuck::cast_slice(x),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let smooth_buf = self.storage_init(
+                "w4a8 smoothing",
+                bytemuck::cast_slice(smooth.unwrap_or(&[1.0])),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let values = self.storage_empty("w4a8 int8 activations", (m * kp) as u64)?;
+            let scales = self.storage_empty("w4a8 activation scales", (m * 4) as u64)?;
+            let pipeline = self.pipeline(entry_point, module.name, None)?;
+            let params = self.uniform(&QuantParams {
+                m: m as u32,
+                k: k as u32,
+                x_stride: (kp / 4) as u32,
+                has_smooth: smooth.is_some() as u32,
+            });
+            let bind_group = self.bind(
+                &pipeline,
+                &[
+                    params.as_entire_binding(),
+                    input.as_entire_binding(),
+                    smooth_buf.as_entire_binding(),
+                    values.as_entire_binding(),
+                    scales.as_entire_binding(),
+                ],
+            );
+            let groups = self.grid("quantizer workgroups (one per row)", m.div_ceil(QUANT_WG_ROWS))?;
+            self.submit(&[Dispatch { pipeline, bind_group, groups }], None);
+            Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
+        })
+    }
+
+    fn upload_activations(&self, x: &QuantizedActivations) -> Result<WgpuActivations> {
+        let (m, k) = (x.m(), x.k());
+        let kp = layout::padded_k(k);
+        self.check_buffer("int8 activations (M·Kp bytes)", (m * kp) as u64)?;
+        let mut padded = vec![0i8; m * kp];
+        for (dst, src) in padded.chunks_mut(kp).zip(x.values().chunks(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        self.scoped(|| {
+            let values = self.storage_init(
+                "w4a8 int8 activations",
+                bytemuck::cast_slice(&padded),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let scales = self.storage_init(
+                "w4a8 activation scales",
+                bytemuck::cast_slice(x.scales()),
+                wgpu::BufferUsages::empty(),
+            )?;
+            Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
+        })
+    }
+
+    fn read_activations(&self, x: &WgpuActivations) -> Result<QuantizedActivations> {
+        check_owner("activations", x, self.info.id)?;
+        let kp = layout::padded_k(x.k);
+        let bytes = self.read_bytes(&x.values, (x.m * kp) as u64)?;
+        let values: Vec<i8> =
+            bytes.chunks(kp).take(x.m).flat_map(|row| row[..x.k].iter().map(|&b| b as i8)).collect();
+        let scales: Vec<f32> = bytemuck::pod_collect_to_vec(&self.read_bytes(&x.scales, (x.m * 4) as u64)?);
+        QuantizedActivations::new(x.m, x.k, values, scales[..x.m].to_vec())
+    }
+
+    fn alloc_output(&self, m: usize, n: usize, fill: f16) -> Result<WgpuOutput> {
+        w4a8_core::format::check_nonzero("M", m)?;
+        w4a8_core::format::check_nonzero("N", n)?;
+        let stride = n.next_multiple_of(2);
+        // Saturating: a product past u64 is over any limit, and must be refused rather than wrap.
+        let bytes = (m as u64).saturating_mul(stride as u64).saturating_mul(2);
+        self.check_buffer("output (M·Np·2 bytes)", bytes)?;
+        let data = vec![fill; m * stride];
+        let buffer = self.scoped(|| {
+            self.storage_init("w4a8 output", bytemuck::cast_slice(&data), wgpu::BufferUsages::COPY_DST)
+        })?;
+        Ok(WgpuOutput { device_id: self.info.id, m, n, buffer })
+    }
+
+    fn gemm_into(&self, x: &WgpuActivations, w: &WgpuWeights, y: &mut WgpuOutput) -> Result<()> {
+        self.gemm_with(x, w, y, GemmKernel::Auto)
+    }
+
+    fn read_output(&self, y: &WgpuOutput) -> Result<Vec<f16>> {
+        check_owner("output", y, self.info.id)?;
+        let stride = y.n.next_multiple_of(2);
+        let bytes = self.read_bytes(&y.buffer, (y.m * stride * 2) as u64)?;
+        let all: Vec<f16> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(all.chunks(stride).take(y.m).flat_map(|row| row[..y.n].iter().copied()).collect())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.check_lost()?;
+        self.wait()
+    }
+}

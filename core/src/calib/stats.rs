@@ -1,0 +1,215 @@
+//! Calibration statistics of one linear layer's input, accumulated over batches.
+//!
+//! What the quantizers need from the calibration activations X (tokens × K):
+//! - the per-channel absmax `max_t |X[t,k]|` (smoothing rules),
+//! - the Gram matrix `XᵀX`, summed in f64 so that any number of tokens streams through
+//!   (GPTQ's Hessian is `H = 2XᵀX / tokens`; the clipping search's output error is `e H eᵀ`),
+//! - a bounded, uniformly drawn sample of rows (the adaptive smoothing search runs the real per-token
+//!   int8 quantizer on them, which no second-order statistic can stand in for).
+//!
+//! Feeding the same rows in any batching gives the same absmax, token count and sample, and the same
+//! Gram matrix up to f64 summation order.
+
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use faer::{Accum, MatMut, MatRef};
+
+use crate::error::Result;
+use crate::format::{check_finite, check_k, check_len, check_nonzero};
+
+/// Default number of token rows kept for the adaptive smoothing search.
+pub const DEFAULT_MAX_SAMPLES: usize = 512;
+
+/// Rows converted to f64 at a time while accumulating `XᵀX` (bounds the temporary copy).
+const GRAM_CHUNK_ROWS: usize = 1024;
+
+/// Streaming calibration statistics of a K-wide activation (see the module docs).
+#[derive(Clone, Debug)]
+pub struct CalibStats {
+    k: usize,
+    tokens: usize,
+    absmax: Vec<f32>,
+    /// Σ xᵀx over all tokens, K×K column-major; only the lower triangle is accumulated.
+    gram_lower: Vec<f64>,
+    samples: Vec<f32>,
+    max_samples: usize,
+    rng: u64,
+}
+
+/// SplitMix64: a fixed-seed generator so that the drawn sample is reproducible.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl CalibStats {
+    /// Empty statistics for a K-wide input, keeping up to [`DEFAULT_MAX_SAMPLES`] sample rows.
+    pub fn new(k: usize) -> Result<Self> {
+        Self::with_max_samples(k, DEFAULT_MAX_SAMPLES)
+    }
+
+    /// Empty statistics keeping up to `max_samples` rows (reservoir sampling, fixed seed).
+    pub fn with_max_samples(k: usize, max_samples: usize) -> Result<Self> {
+        check_k(k)?;
+        Ok(CalibStats {
+            k,
+            tokens: 0,
+            absmax: vec![0.0; k],
+            gram_lower: vec![0.0; k * k],
+            samples: Vec::new(),
+            max_samples,
+            rng: 0x5EED_CA11_B8A7_E000,
+        })
+    }
+
+    /// Adds a batch of `m` tokens, X row-major m×K. A non-finite value is an error and leaves the
+    /// statistics unchanged.
+    pub fn update(&mut self, x: &[f32], m: usize) -> Result<()> {
+        check_nonzero("M", m)?;
+        check_len("calibration activations (M·K)", m * self.k, x.len())?;
+        check_finite("calibration activations", x)?;
+        let k = self.k;
+        for row in x.chunks_exact(k) {
+            for (a, &v) in self.absmax.iter_mut().zip(row) {
+                *a = a.max(v.abs());
+            }
+            // Reservoir sampling (Algorithm R): every token seen so far is kept with equal probability.
+            let t = self.tokens;
+            if self.samples.len() < self.max_samples * k {
+                self.samples.extend_from_slice(row);
+            } else if self.max_samples > 0 {
+                let j = (splitmix64(&mut self.rng) % (t as u64 + 1)) as usize;
+                if j < self.max_samples {
+                    self.samples[j * k..(j + 1) * k].copy_from_slice(row);
+                }
+            }
+            self.tokens += 1;
+        }
+        let mut gram = MatMut::from_column_major_slice_mut(&mut self.gram_lower, k, k);
+        for chunk in x.chunks(GRAM_CHUNK_ROWS * k) {
+            let rows = chunk.len() / k;
+            let x64: Vec<f64> = chunk.iter().map(|&v| v as f64).collect();
+            // Row-major rows×K is column-major K×rows: this view is Xᵀ.
+            let xt = MatRef::from_column_major_slice(&x64, k, rows);
+            // Lower triangle of XᵀX only: half the flops of a full product; symmetrized on read.
+            matmul(
+                gram.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                xt,
+                BlockStructure::Rectangular,
+                xt.transpose(),
+                BlockStructure::Rectangular,
+                1.0,
+                faer::get_global_parallelism(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Input width K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Tokens seen so far.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Per-channel `max_t |X[t,k]|`, length K.
+    pub fn absmax(&self) -> &[f32] {
+        &self.absmax
+    }
+
+    /// The kept sample rows, row-major `rows × K`, and their count.
+    pub fn samples(&self) -> (&[f32], usize) {
+        (&self.samples, self.samples.len() / self.k)
+    }
+
+    /// `XᵀX` summed over all tokens, K×K, symmetric (row-major and column-major alike).
+    pub fn gram(&self) -> Vec<f64> {
+        let k = self.k;
+        let mut g = self.gram_lower.clone();
+        for j in 0..k {
+            for i in j + 1..k {
+                g[i * k + j] = g[j * k + i];
+            }
+        }
+        g
+    }
+
+    /// GPTQ's Hessian of the layer's squared output error, `H = 2XᵀX / tokens`, K×K symmetric.
+    /// All zeros before the first update.
+    pub fn hessian(&self) -> Vec<f64> {
+        let scale = if self.tokens == 0 { 0.0 } else { 2.0 / self.tokens as f64 };
+        let mut g = self.gram();
+        g.iter_mut().for_each(|v| *v *= scale);
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..m * k).map(|_| (splitmix64(&mut s) % 2001) as f32 / 100.0 - 10.0).collect()
+    }
+
+    #[test]
+    fn streaming_equals_one_shot() {
+        let (m, k) = (700, 24);
+        let x = data(m, k, 3);
+        let mut one = CalibStats::with_max_samples(k, 50).unwrap();
+        one.update(&x, m).unwrap();
+        let mut streamed = CalibStats::with_max_samples(k, 50).unwrap();
+        let mut start = 0;
+        for batch in [1, 7, 100, 92, 300, 200] {
+            streamed.update(&x[start * k..(start + batch) * k], batch).unwrap();
+            start += batch;
+        }
+        assert_eq!(start, m);
+        assert_eq!(one.tokens(), streamed.tokens());
+        assert_eq!(one.absmax(), streamed.absmax());
+        assert_eq!(one.samples(), streamed.samples());
+        let (a, b) = (one.hessian(), streamed.hessian());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "H[{i}]: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn hessian_matches_definition() {
+        let (m, k) = (37, 9);
+        let x = data(m, k, 11);
+        let mut st = CalibStats::new(k).unwrap();
+        st.update(&x, m).unwrap();
+        let h = st.hessian();
+        for a in 0..k {
+            for b in 0..k {
+                let want: f64 =
+                    (0..m).map(|t| x[t * k + a] as f64 * x[t * k + b] as f64).sum::<f64>() * 2.0 / m as f64;
+                assert!((h[a * k + b] - want).abs() <= 1e-9 * want.abs().max(1.0));
+            }
+        }
+        let want_max: Vec<f32> =
+            (0..k).map(|c| (0..m).map(|t| x[t * k + c].abs()).fold(0.0, f32::max)).collect();
+        assert_eq!(st.absmax(), &want_max[..]);
+        assert_eq!(st.samples().1, m);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_and_changes_nothing() {
+        let mut st = CalibStats::new(4).unwrap();
+        assert!(st.update(&[1.0; 7], 2).is_err());
+        assert!(st.update(&[1.0, f32::NAN, 0.0, 0.0], 1).is_err());
+        assert_eq!(st.tokens(), 0);
+        assert!(st.hessian().iter().all(|&v| v == 0.0));
+        st.update(&[1.0, 2.0, 3.0, 4.0], 1).unwrap();
+        assert_eq!(st.tokens(), 1);
+    }
+}
