@@ -8,12 +8,11 @@ use w4a8_core::{
 };
 
 #[cfg(feature = "cuda")]
-use w4a8_cuda::CudaBackend;
+use w4a8_cuda::{CudaActivations, CudaBackend, CudaOutput, CudaWeights};
 #[cfg(feature = "wgpu")]
-use w4a8_wgpu::WgpuBackend;
+use w4a8_wgpu::{WgpuActivations, WgpuBackend, WgpuOutput, WgpuWeights};
 
 /// One of the backends compiled in.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum Backend {
     /// The exact CPU oracle.
@@ -24,6 +23,13 @@ pub enum Backend {
     /// CUDA kernels on int8 tensor cores.
     #[cfg(feature = "cuda")]
     Cuda(CudaBackend),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = self.info();
+        write!(f, "Backend::{}({:?}, device #{})", info.backend, info.name, info.id)
+    }
 }
 
 /// What opening one backend gave: its device, or why it is unavailable.
@@ -120,19 +126,25 @@ macro_rules! dispatch {
 /// Declares a handle enum with one variant per backend, plus the conversions [`dispatch!`] relies on:
 /// `From<inner>` to wrap results and [`Pick`] to unwrap arguments (a wrong variant is a foreign buffer).
 macro_rules! handle_enum {
-    ($(#[$doc:meta])* $name:ident, $assoc:ident, $cpu:ty) => {
+    ($(#[$doc:meta])* $name:ident, $cpu:ty, $wgpu:ident, $cuda:ident) => {
         $(#[$doc])*
-        #[derive(Debug)]
         #[non_exhaustive]
         pub enum $name {
             /// Held by the CPU oracle.
             Cpu($cpu),
             /// Held by the wgpu backend.
             #[cfg(feature = "wgpu")]
-            Wgpu(<WgpuBackend as Gemm>::$assoc),
+            Wgpu($wgpu),
             /// Held by the CUDA backend.
             #[cfg(feature = "cuda")]
-            Cuda(<CudaBackend as Gemm>::$assoc),
+            Cuda($cuda),
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let (rows, cols) = self.shape();
+                write!(f, "{}({rows}×{cols} on device #{})", stringify!($name), self.device_id())
+            }
         }
 
         impl DeviceTensor for $name {
@@ -166,20 +178,20 @@ macro_rules! handle_enum {
             }
         }
         #[cfg(feature = "wgpu")]
-        impl From<<WgpuBackend as Gemm>::$assoc> for $name {
-            fn from(h: <WgpuBackend as Gemm>::$assoc) -> Self {
+        impl From<$wgpu> for $name {
+            fn from(h: $wgpu) -> Self {
                 $name::Wgpu(h)
             }
         }
         #[cfg(feature = "wgpu")]
-        impl Pick<<WgpuBackend as Gemm>::$assoc> for $name {
-            fn pick(&self) -> Option<&<WgpuBackend as Gemm>::$assoc> {
+        impl Pick<$wgpu> for $name {
+            fn pick(&self) -> Option<&$wgpu> {
                 match self {
                     $name::Wgpu(h) => Some(h),
                     _ => None,
                 }
             }
-            fn pick_mut(&mut self) -> Option<&mut <WgpuBackend as Gemm>::$assoc> {
+            fn pick_mut(&mut self) -> Option<&mut $wgpu> {
                 match self {
                     $name::Wgpu(h) => Some(h),
                     _ => None,
@@ -187,20 +199,20 @@ macro_rules! handle_enum {
             }
         }
         #[cfg(feature = "cuda")]
-        impl From<<CudaBackend as Gemm>::$assoc> for $name {
-            fn from(h: <CudaBackend as Gemm>::$assoc) -> Self {
+        impl From<$cuda> for $name {
+            fn from(h: $cuda) -> Self {
                 $name::Cuda(h)
             }
         }
         #[cfg(feature = "cuda")]
-        impl Pick<<CudaBackend as Gemm>::$assoc> for $name {
-            fn pick(&self) -> Option<&<CudaBackend as Gemm>::$assoc> {
+        impl Pick<$cuda> for $name {
+            fn pick(&self) -> Option<&$cuda> {
                 match self {
                     $name::Cuda(h) => Some(h),
                     _ => None,
                 }
             }
-            fn pick_mut(&mut self) -> Option<&mut <CudaBackend as Gemm>::$assoc> {
+            fn pick_mut(&mut self) -> Option<&mut $cuda> {
                 match self {
                     $name::Cuda(h) => Some(h),
                     _ => None,
@@ -218,15 +230,15 @@ trait Pick<T> {
 
 handle_enum!(
     /// Prepared weights of any backend.
-    AnyWeights, Weights, CpuWeights
+    AnyWeights, CpuWeights, WgpuWeights, CudaWeights
 );
 handle_enum!(
     /// Quantized activations of any backend.
-    AnyActivations, Activations, CpuActivations
+    AnyActivations, CpuActivations, WgpuActivations, CudaActivations
 );
 handle_enum!(
     /// An output buffer of any backend.
-    AnyOutput, Output, CpuOutput
+    AnyOutput, CpuOutput, WgpuOutput, CudaOutput
 );
 
 /// The inner handle for this backend, or [`Error::ForeignBuffer`] if it was made by another backend.

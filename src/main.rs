@@ -77,7 +77,7 @@ fn info() -> Result<()> {
                     println!("    {key:<28} {value}");
                 }
             }
-            Err(e) => println!("\n[{}] unavailable: {e}", probe.kind),
+            Err(e) => println!("\n[{}] {e}", probe.kind),
         }
     }
     let best = Backend::best()?;
