@@ -13,7 +13,10 @@ use w4a8_cuda::{CudaActivations, CudaBackend, CudaOutput, CudaWeights};
 use w4a8_wgpu::{WgpuActivations, WgpuBackend, WgpuOutput, WgpuWeights};
 
 /// One of the backends compiled in.
+///
+/// A backend is opened once and lives long; its size does not matter, so the variants are not boxed.
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     /// The exact CPU oracle.
     Cpu(CpuOracle),

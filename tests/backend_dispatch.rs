@@ -24,8 +24,11 @@ fn handles_do_not_cross_backends() {
             if std::ptr::eq(a, b) {
                 continue;
             }
-            let (xa, wa, mut ya) =
-                (a.upload_activations(&x).unwrap(), a.prepare(&w).unwrap(), a.alloc_output(2, 3, f16::ZERO).unwrap());
+            let (xa, wa, mut ya) = (
+                a.upload_activations(&x).unwrap(),
+                a.prepare(&w).unwrap(),
+                a.alloc_output(2, 3, f16::ZERO).unwrap(),
+            );
             let (xb, wb) = (b.upload_activations(&x).unwrap(), b.prepare(&w).unwrap());
             let foreign = |r: w4a8::Result<()>| matches!(r, Err(Error::ForeignBuffer { .. }));
             assert!(foreign(b.gemm_into(&xa, &wb, &mut ya)), "{} accepted {}'s buffers", b.kind(), a.kind());

@@ -9,32 +9,28 @@ use w4a8_core::{Granularity, QuantizedActivations, W4A8Weights, f16};
 use w4a8_cuda::emulate::emulate_gemm;
 use w4a8_cuda::layout::{CONFIGS, GemmConfig, pack_weights, unpack_weights};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) as u32
-    }
-    fn below(&mut self, n: u32) -> u32 {
-        self.next() % n
-    }
+use w4a8_core::rng::SplitMix64 as Rng;
+
+/// Uniform in [0, n).
+fn below(rng: &mut Rng, n: u32) -> u32 {
+    rng.int(0, n as i64 - 1) as u32
 }
 
 fn activations(rng: &mut Rng, m: usize, k: usize, extreme: bool) -> QuantizedActivations {
     let values = (0..m * k)
-        .map(|_| if extreme { if rng.below(2) == 0 { 127 } else { -127 } } else { rng.below(255) as i32 - 127 } as i8)
+        .map(|_| if extreme { if below(rng, 2) == 0 { 127 } else { -127 } } else { below(rng, 255) as i32 - 127 } as i8)
         .collect();
     // One all-zero-scale row when M > 2 (s_x = 0 → outputs ±0), the rest spread over magnitudes.
     let scales =
-        (0..m).map(|r| if r == 1 && m > 2 { 0.0 } else { (rng.below(10_000) + 1) as f32 * 1e-5 }).collect();
+        (0..m).map(|r| if r == 1 && m > 2 { 0.0 } else { (below(rng, 10_000) + 1) as f32 * 1e-5 }).collect();
     QuantizedActivations::new(m, k, values, scales).unwrap()
 }
 
 fn weights(rng: &mut Rng, n: usize, k: usize, gran: Granularity, bias: bool, extreme: bool) -> W4A8Weights {
-    let q: Vec<i8> = (0..n * k).map(|_| if extreme { -8 } else { rng.below(16) as i8 - 8 }).collect();
-    let s_ch = (0..n).map(|_| (rng.below(1000) + 1) as f32 * 3e-4).collect();
-    let s_g = (0..gran.groups(k) * n).map(|_| if extreme { 16 } else { rng.below(16) as u8 + 1 }).collect();
-    let b = bias.then(|| (0..n).map(|_| rng.below(2001) as f32 * 1e-3 - 1.0).collect());
+    let q: Vec<i8> = (0..n * k).map(|_| if extreme { -8 } else { below(rng, 16) as i8 - 8 }).collect();
+    let s_ch = (0..n).map(|_| (below(rng, 1000) + 1) as f32 * 3e-4).collect();
+    let s_g = (0..gran.groups(k) * n).map(|_| if extreme { 16 } else { below(rng, 16) as u8 + 1 }).collect();
+    let b = bias.then(|| (0..n).map(|_| below(rng, 2001) as f32 * 1e-3 - 1.0).collect());
     W4A8Weights::from_int4(n, k, gran, &q, s_ch, s_g, b).unwrap()
 }
 
@@ -64,7 +60,7 @@ fn check(x: &QuantizedActivations, w: &W4A8Weights, cfg: GemmConfig, splits: usi
 
 #[test]
 fn emulated_kernel_equals_oracle_over_random_shapes() {
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     let grans = [
         Granularity::PerChannel,
         Granularity::PerGroup { group_size: 32 },
@@ -77,14 +73,14 @@ fn emulated_kernel_equals_oracle_over_random_shapes() {
         let g = gran.group_size().unwrap_or(1);
         // K: a multiple of the group size, with tails against the 128 k-tile (e.g. 32, 96, 160…).
         let k = match gran {
-            Granularity::PerChannel => 1 + rng.below(400) as usize,
-            _ => g * (1 + rng.below((512 / g) as u32) as usize),
+            Granularity::PerChannel => 1 + below(&mut rng, 400) as usize,
+            _ => g * (1 + below(&mut rng, (512 / g) as u32) as usize),
         };
-        let n = 1 + rng.below(300) as usize;
+        let n = 1 + below(&mut rng, 300) as usize;
         let cfg = CONFIGS[case % CONFIGS.len()];
-        let m = 1 + rng.below(cfg.max_m.min(150) as u32) as usize;
+        let m = 1 + below(&mut rng, cfg.max_m.min(150) as u32) as usize;
         let kts = k.div_ceil(128);
-        let splits = 1 + rng.below(kts.min(4) as u32) as usize;
+        let splits = 1 + below(&mut rng, kts.min(4) as u32) as usize;
         let x = activations(&mut rng, m, k, false);
         let w = weights(&mut rng, n, k, gran, case % 3 != 0, false);
         check(&x, &w, cfg, splits);
@@ -93,7 +89,7 @@ fn emulated_kernel_equals_oracle_over_random_shapes() {
 
 #[test]
 fn every_configuration_handles_m_tails() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for cfg in CONFIGS {
         for m in [1, 2, 15, 16, 17, 33, 63, 64, 65, 129] {
             if m > cfg.max_m.max(130) {
@@ -113,7 +109,7 @@ fn every_configuration_handles_m_tails() {
 fn extreme_values_at_the_largest_k_stay_exact() {
     // |acc| reaches 127·128·K (per group, s_g = 16, q = -8) and 16·127·8·K inside the per-channel
     // mma: both < 2³¹ at K = 65 536. One row and 8 columns keep the emulation quick.
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let k = 65_536;
     let x = activations(&mut rng, 1, k, true);
     for gran in [Granularity::PerChannel, Granularity::PerGroup { group_size: 256 }] {

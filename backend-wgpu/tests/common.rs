@@ -24,26 +24,8 @@ pub fn backend() -> Option<WgpuBackend> {
     backend_with(WgpuOptions::default())
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi] (inclusive).
-    pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+/// The shared deterministic generator, so failures reproduce.
+pub use w4a8_core::rng::SplitMix64 as Rng;
 
 pub fn random_weights(rng: &mut Rng, n: usize, k: usize, gran: Granularity, bias: bool) -> W4A8Weights {
     let q: Vec<i8> = (0..n * k).map(|_| rng.int(-8, 7) as i8).collect();

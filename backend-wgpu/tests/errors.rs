@@ -12,7 +12,7 @@ use w4a8_wgpu::{GemmKernel, TimerKind, WgpuOptions};
 #[test]
 fn handles_from_another_device_are_refused() {
     let (Some(a), Some(b)) = (backend(), backend()) else { return };
-    let mut rng = Rng(20);
+    let mut rng = Rng::new(20);
     let w = random_weights(&mut rng, 8, 32, Granularity::PerChannel, false);
     let x = random_activations(&mut rng, 2, 32);
     let (wa, xa) = (a.prepare(&w).unwrap(), a.upload_activations(&x).unwrap());
@@ -35,7 +35,7 @@ fn handles_from_another_device_are_refused() {
 #[test]
 fn shape_errors_are_typed() {
     let Some(b) = backend() else { return };
-    let mut rng = Rng(21);
+    let mut rng = Rng::new(21);
     let w = b.prepare(&random_weights(&mut rng, 8, 32, Granularity::PerChannel, false)).unwrap();
     let x = b.upload_activations(&random_activations(&mut rng, 3, 64)).unwrap();
     let mut y = b.alloc_output(3, 8, f16::ZERO).unwrap();
@@ -66,7 +66,7 @@ fn over_binding_limit_is_refused_with_the_limit_name() {
         other => panic!("expected OverDeviceLimit, got {:?}", other.map(|_| ())),
     }
     // Weights whose 64 columns do not fit one binding.
-    let mut rng = Rng(22);
+    let mut rng = Rng::new(22);
     let w = random_weights(&mut rng, 64, 64, Granularity::PerChannel, false);
     assert!(matches!(b.prepare(&w), Err(Error::OverDeviceLimit { .. })));
     // Small enough still works.
@@ -77,7 +77,7 @@ fn over_binding_limit_is_refused_with_the_limit_name() {
 #[test]
 fn destroyed_device_reports_device_lost() {
     let Some(b) = backend() else { return };
-    let mut rng = Rng(23);
+    let mut rng = Rng::new(23);
     let w = b.prepare(&random_weights(&mut rng, 8, 32, Granularity::PerChannel, false)).unwrap();
     let x = b.upload_activations(&random_activations(&mut rng, 2, 32)).unwrap();
     let mut y = b.alloc_output(2, 8, f16::ZERO).unwrap();
@@ -94,7 +94,7 @@ fn destroyed_device_reports_device_lost() {
 #[test]
 fn f16_baseline_matches_an_f32_reference() {
     let Some(b) = backend() else { return };
-    let mut rng = Rng(24);
+    let mut rng = Rng::new(24);
     for (m, n, k) in [(1, 3, 5), (70, 65, 33), (5, 130, 64)] {
         let x: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.unit() * 2.0 - 1.0)).collect();
         let w: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.unit() * 2.0 - 1.0)).collect();
@@ -117,7 +117,7 @@ fn f16_baseline_matches_an_f32_reference() {
 #[test]
 fn timers_return_positive_durations() {
     let Some(b) = backend() else { return };
-    let mut rng = Rng(25);
+    let mut rng = Rng::new(25);
     let w = random_weights(&mut rng, 64, 128, Granularity::PerGroup { group_size: 128 }, false);
     let x = random_activations(&mut rng, 4, 128);
     let (wd, xd) = (b.prepare(&w).unwrap(), b.upload_activations(&x).unwrap());

@@ -15,7 +15,7 @@ fn check_quantizer(use_subgroups: bool) {
         return;
     }
     assert_eq!(b.uses_subgroups(), use_subgroups);
-    let mut rng = Rng(10);
+    let mut rng = Rng::new(10);
     for (m, k) in [(1, 1), (3, 45), (4, 300), (2, 1000)] {
         let mut xf: Vec<f32> = (0..m * k).map(|_| rng.unit() * 6.0 - 3.0).collect();
         // An outlier channel, f16 subnormals, and (when M > 2) an all-zero row.
@@ -83,7 +83,7 @@ fn non_finite_input_is_an_error_and_the_backend_stays_usable() {
 #[test]
 fn upload_then_read_activations_round_trips() {
     let Some(b) = backend() else { return };
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let x = random_activations(&mut rng, 5, 37);
     assert_eq!(b.read_activations(&b.upload_activations(&x).unwrap()).unwrap(), x);
 }

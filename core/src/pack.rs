@@ -10,7 +10,11 @@ pub fn words_per_row(k: usize) -> usize {
 /// Packs N×K int4 values (each in [-8, 7]) into N × ⌈K/8⌉ words; padding nibbles are zero.
 pub fn pack_int4(q: &[i8], n: usize, k: usize) -> Result<Vec<u32>> {
     if q.len() != n.saturating_mul(k) {
-        return Err(Error::ShapeMismatch { what: "int4 weights (N·K)", expected: n.saturating_mul(k), got: q.len() });
+        return Err(Error::ShapeMismatch {
+            what: "int4 weights (N·K)",
+            expected: n.saturating_mul(k),
+            got: q.len(),
+        });
     }
     if let Some(index) = q.iter().position(|&v| !(-8..=7).contains(&v)) {
         return Err(Error::InvalidValue {

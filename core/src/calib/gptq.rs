@@ -84,6 +84,14 @@ fn inverse_hessian_factor(h: &[f64], k: usize, perm: &[usize], damp: f64) -> Res
     })
 }
 
+/// How each row is scaled: the granularity, the fixed per-row channel scales, and optional per-column
+/// weights (canonical order) for the group-scale search.
+pub(crate) struct RowScales<'a> {
+    pub granularity: Granularity,
+    pub s_ch: &'a [f32],
+    pub sg_col_weights: Option<&'a [f64]>,
+}
+
 /// Runs GPTQ on W (N×K row-major f32) with Hessian `h` (K×K symmetric), fixed per-row channel scales
 /// `s_ch`, and optional per-column weights for the group-scale search (canonical order). Returns the
 /// quantized weights without bias.
@@ -92,11 +100,10 @@ pub(crate) fn gptq_quantize(
     n: usize,
     k: usize,
     h: &[f64],
-    granularity: Granularity,
-    s_ch: &[f32],
-    sg_col_weights: Option<&[f64]>,
+    scales: &RowScales<'_>,
     cfg: &GptqConfig,
 ) -> Result<W4A8Weights> {
+    let RowScales { granularity, s_ch, sg_col_weights } = *scales;
     check_len("weights (N·K)", n * k, w.len())?;
     check_len("Hessian (K·K)", k * k, h.len())?;
     check_len("channel scales (N)", n, s_ch.len())?;

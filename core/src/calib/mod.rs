@@ -22,8 +22,7 @@ mod stats;
 pub use clip::{CLIP_RATIOS, search_clipped_channel_scales};
 pub use gptq::GptqConfig;
 pub use smooth::{
-    ALPHA_STEP, adaptive_smoothing, log_equalization_scales, smoothing_scales, w4a8_relative_error,
-    weight_column_absmax,
+    ALPHA_STEP, adaptive_smoothing, log_equalization_scales, smoothing_scales, weight_column_absmax,
 };
 pub use stats::{CalibStats, DEFAULT_MAX_SAMPLES};
 
@@ -231,7 +230,11 @@ pub fn quantize_layer(
 
     // 3. The int4 values.
     let weights = match cfg.method {
-        Method::Gptq => gptq::gptq_quantize(&ws, n, k, &h, cfg.granularity, &s_ch, sg_weights, &cfg.gptq)?,
+        Method::Gptq => {
+            let scales =
+                gptq::RowScales { granularity: cfg.granularity, s_ch: &s_ch, sg_col_weights: sg_weights };
+            gptq::gptq_quantize(&ws, n, k, &h, &scales, &cfg.gptq)?
+        }
         Method::Rtn => {
             let (q, sg) = quantize_rows(&ws, k, cfg.granularity, &s_ch, sg_weights);
             let gs = group_scales_canonical(&sg, n, cfg.granularity.groups(k));

@@ -64,19 +64,34 @@ pub(crate) fn matmul_xwt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> 
     y
 }
 
-/// Relative Frobenius error `‖Y_q − Y‖ / ‖Y‖` of the W4A8 layer against `y_ref = X Wᵀ`, where the layer
-/// is: activations X (M×K) times `1/s` quantized per token to int8, weights `W · s` (N×K) round-to-nearest
-/// int4 at `granularity`. `s = None` is no smoothing.
-pub fn w4a8_relative_error(
-    x: &[f32],
-    m: usize,
+/// Calibration tokens and the float layer's output on them.
+pub(crate) struct SampleSet<'a> {
+    /// Tokens, M×K row-major.
+    pub x: &'a [f32],
+    /// M.
+    pub m: usize,
+    /// `X · Wᵀ` of the float layer, M×N.
+    pub y_ref: Mat<f32>,
+}
+
+impl<'a> SampleSet<'a> {
+    pub(crate) fn new(x: &'a [f32], m: usize, w: &[f32], n: usize, k: usize) -> Self {
+        SampleSet { x, m, y_ref: matmul_xwt(x, m, k, w, n) }
+    }
+}
+
+/// Relative Frobenius error `‖Y_q − Y‖ / ‖Y‖` of the W4A8 layer on `set`, where the layer is: activations
+/// X times `1/s` quantized per token to int8, weights `W · s` (N×K) round-to-nearest int4 at
+/// `granularity`. `s = None` is no smoothing.
+pub(crate) fn w4a8_relative_error(
+    set: &SampleSet<'_>,
     w: &[f32],
     n: usize,
     k: usize,
     granularity: Granularity,
     s: Option<&[f32]>,
-    y_ref: &Mat<f32>,
 ) -> Result<f64> {
+    let (x, m, y_ref) = (set.x, set.m, &set.y_ref);
     check_len("activations (M·K)", m * k, x.len())?;
     let (ws, inv): (Vec<f32>, Option<Vec<f32>>) = match s {
         Some(s) => (
@@ -113,14 +128,14 @@ pub fn adaptive_smoothing(
     if m == 0 {
         return Ok((None, None));
     }
-    let y_ref = matmul_xwt(x, m, k, w, n);
+    let set = SampleSet::new(x, m, w, n, k);
     let w_max = weight_column_absmax(w, k);
-    let mut best = (w4a8_relative_error(x, m, w, n, k, granularity, None, &y_ref)?, None, None);
+    let mut best = (w4a8_relative_error(&set, w, n, k, granularity, None)?, None, None);
     let steps = (1.0 / ALPHA_STEP).round() as usize;
     for i in 0..=steps {
         let alpha = i as f32 * ALPHA_STEP;
         let s = smoothing_scales(stats.absmax(), &w_max, alpha);
-        let err = w4a8_relative_error(x, m, w, n, k, granularity, Some(&s), &y_ref)?;
+        let err = w4a8_relative_error(&set, w, n, k, granularity, Some(&s))?;
         if err < best.0 {
             best = (err, Some(s), Some(alpha));
         }

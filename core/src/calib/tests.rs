@@ -208,9 +208,9 @@ fn adaptive_smoothing_never_loses_on_its_calibration_objective() {
     let w = rng.normals(n * k);
     let stats = stats_of(&x, m, k);
     let (s, alpha) = adaptive_smoothing(&w, n, k, Granularity::PerChannel, &stats).unwrap();
-    let y = smooth::matmul_xwt(&x, m, k, &w, n);
-    let none = w4a8_relative_error(&x, m, &w, n, k, Granularity::PerChannel, None, &y).unwrap();
-    let chosen = w4a8_relative_error(&x, m, &w, n, k, Granularity::PerChannel, s.as_deref(), &y).unwrap();
+    let set = smooth::SampleSet::new(&x, m, &w, n, k);
+    let none = smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, None).unwrap();
+    let chosen = smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, s.as_deref()).unwrap();
     assert!(chosen <= none);
     assert_eq!(s.is_some(), alpha.is_some());
 }
