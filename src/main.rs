@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use w4a8::io::{load_float_tensors, save_weights};
+use w4a8::calib::{CalibStats, GptqConfig, Method, QuantizeConfig, Smoothing, quantize_layer};
+use w4a8::io::{FloatTensor, Layer, load_float_tensors, save_layers};
 use w4a8::oracle::reference_gemm;
 use w4a8::quantize::{quantize_activations, quantize_weights_rtn};
 use w4a8::rng::SplitMix64;
-use w4a8::{Backend, DEFAULT_GROUP_SIZE, Gemm, Granularity, Result, W4A8Weights, f16};
+use w4a8::{Backend, DEFAULT_GROUP_SIZE, Gemm, Granularity, Result, f16};
 
 #[derive(Parser)]
 #[command(name = "w4a8", version, about = "W4A8 LLM inference kernels: 4-bit weights, 8-bit activations")]
@@ -48,7 +49,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Quantize the 2-D float (f32/f16/bf16) weights of a safetensors file into a W4A8 file (RTN).
+    /// Quantize the 2-D float (f32/f16/bf16) weights of a safetensors file into a W4A8 file.
     Quantize {
         /// Input safetensors file (e.g. a model's `model.safetensors`).
         input: PathBuf,
@@ -57,6 +58,19 @@ enum Command {
         /// Group size (32, 64, 128, 256), or 0 for per-channel scales.
         #[arg(long, default_value_t = DEFAULT_GROUP_SIZE)]
         group: usize,
+        /// Weight quantizer: rtn (round to nearest) or gptq (Hessian-based error compensation).
+        #[arg(long, default_value = "rtn")]
+        method: String,
+        /// Smoothing: none, adaptive (QQQ's α search) or log (FPTQ's log equalization).
+        #[arg(long, default_value = "none")]
+        smooth: String,
+        /// Search a clipping ratio per output channel on the layer's output error.
+        #[arg(long)]
+        clip: bool,
+        /// Calibration activations (safetensors): for weight `NAME.weight`, tensor `NAME.input` (or
+        /// `NAME`) holds that layer's inputs as [tokens, K]. Needed by gptq, smoothing and clipping.
+        #[arg(long)]
+        calib: Option<PathBuf>,
         /// Only tensors whose name contains this (default: every 2-D tensor named `*.weight`).
         #[arg(long)]
         filter: Option<String>,
@@ -173,10 +187,54 @@ fn demo(backend: &str, m: usize, n: usize, k: usize, group: usize, iters: usize,
     Ok(())
 }
 
-fn quantize(input: &PathBuf, output: &PathBuf, group: usize, filter: Option<&str>) -> Result<()> {
+/// What `w4a8 quantize` was asked to do.
+struct QuantizeArgs<'a> {
+    input: &'a PathBuf,
+    output: &'a PathBuf,
+    cfg: QuantizeConfig,
+    calib: Option<&'a PathBuf>,
+    filter: Option<&'a str>,
+}
+
+fn bad_arg(message: String) -> w4a8::Error {
+    w4a8::Error::InvalidValue { what: "command-line argument", index: 0, reason: message }
+}
+
+/// Statistics of one layer's calibration inputs, or why there are none.
+fn layer_stats(calib: &BTreeMap<String, FloatTensor>, name: &str, k: usize) -> Result<CalibStats> {
+    let prefix = name.strip_suffix(".weight").unwrap_or(name);
+    let t = calib
+        .get(&format!("{prefix}.input"))
+        .or_else(|| calib.get(prefix))
+        .ok_or_else(|| bad_arg(format!("no calibration tensor {prefix}.input or {prefix}")))?;
+    if t.shape.len() != 2 || t.shape[1] != k {
+        return Err(w4a8::Error::ShapeMismatch {
+            what: "calibration tensor columns (K)",
+            expected: k,
+            got: *t.shape.last().unwrap_or(&0),
+        });
+    }
+    let mut stats = CalibStats::new(k)?;
+    stats.update(&t.data, t.shape[0])?;
+    Ok(stats)
+}
+
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    let QuantizeArgs { input, output, cfg, calib, filter } = args;
+    let calib = match calib {
+        Some(path) => Some(load_float_tensors(path)?),
+        None if cfg.needs_calibration() => {
+            return Err(bad_arg(format!(
+                "--method {} --smooth {}{} needs calibration activations: pass --calib FILE",
+                cfg.method.name(),
+                cfg.smoothing.name(),
+                if cfg.clip { " --clip" } else { "" }
+            )));
+        }
+        None => None,
+    };
     let tensors = load_float_tensors(input)?;
-    let granularity = granularity(group);
-    let chosen: Vec<(&String, &w4a8::io::FloatTensor)> = tensors
+    let chosen: Vec<(&String, &FloatTensor)> = tensors
         .iter()
         .filter(|(name, t)| {
             t.shape.len() == 2 && filter.map_or(name.ends_with(".weight"), |f| name.contains(f))
@@ -194,21 +252,34 @@ fn quantize(input: &PathBuf, output: &PathBuf, group: usize, filter: Option<&str
             .and_then(|p| tensors.get(&format!("{p}.bias")))
             .filter(|b| b.shape == [n])
             .map(|b| b.data.clone());
-        match quantize_weights_rtn(&t.data, n, k, granularity, bias) {
-            Ok(w) => {
-                layers.insert(name.clone(), w);
+        let layer = (|| {
+            let stats = calib.as_ref().map(|c| layer_stats(c, name, k)).transpose()?;
+            let q = quantize_layer(&t.data, n, k, &cfg, stats.as_ref())?;
+            Layer::new(q.weights.with_bias(bias)?, q.smooth)
+        })();
+        match layer {
+            Ok(l) => {
+                layers.insert(name.clone(), l);
             }
-            // A tensor this granularity can't hold (K not a multiple of the group, say) is reported, not fatal.
+            // A tensor this configuration can't hold (K not a multiple of the group, no calibration
+            // data for it) is reported, not fatal: the others are still useful.
             Err(e) => skipped.push(format!("{name}: {e}")),
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    save_weights(output, &layers)?;
-    let bytes: usize = layers.values().map(W4A8Weights::storage_bytes).sum();
+    if layers.is_empty() {
+        return Err(bad_arg(format!("no tensor could be quantized; skipped: {}", skipped.join("; "))));
+    }
+    save_layers(output, &layers)?;
+    let bytes: usize = layers.values().map(|l| l.weights.storage_bytes()).sum();
     println!(
-        "wrote {} layers ({granularity}, {:.2} MB) to {}",
+        "wrote {} layers ({} {}, smoothing {}{}, {:.2} MB) to {}",
         layers.len(),
+        cfg.method.name(),
+        cfg.granularity,
+        cfg.smoothing.name(),
+        if cfg.clip { ", clipped" } else { "" },
         bytes as f64 / 1e6,
         output.display()
     );
@@ -218,13 +289,36 @@ fn quantize(input: &PathBuf, output: &PathBuf, group: usize, filter: Option<&str
     Ok(())
 }
 
+fn quantize_config(group: usize, method: &str, smooth: &str, clip: bool) -> Result<QuantizeConfig> {
+    let granularity = granularity(group);
+    // Validating against K = g itself checks only that the group size is supported.
+    granularity.validate(granularity.group_size().unwrap_or(1))?;
+    Ok(QuantizeConfig {
+        granularity,
+        method: Method::from_name(method)
+            .ok_or_else(|| bad_arg(format!("--method {method:?}: expected rtn or gptq")))?,
+        smoothing: Smoothing::from_name(smooth)
+            .ok_or_else(|| bad_arg(format!("--smooth {smooth:?}: expected none, adaptive or log")))?,
+        clip,
+        gptq: GptqConfig::default(),
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
         Command::Demo { backend, m, n, k, group, iters, seed } => demo(&backend, m, n, k, group, iters, seed),
-        Command::Quantize { input, output, group, filter } => {
-            quantize(&input, &output, group, filter.as_deref())
+        Command::Quantize { input, output, group, method, smooth, clip, calib, filter } => {
+            quantize_config(group, &method, &smooth, clip).and_then(|cfg| {
+                quantize(QuantizeArgs {
+                    input: &input,
+                    output: &output,
+                    cfg,
+                    calib: calib.as_ref(),
+                    filter: filter.as_deref(),
+                })
+            })
         }
     };
     match result {

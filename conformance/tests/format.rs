@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use conformance::inputs::{GemmShape, Rng, gemm_inputs, gemm_shapes};
-use conformance::w4a8_core::io::{weights_from_bytes, weights_to_bytes};
+use conformance::w4a8_core::io::{Layer, layers_from_bytes, layers_to_bytes};
 use conformance::w4a8_core::pack::{pack_int4, unpack_int4};
 use conformance::w4a8_core::quantize::quantize_weights_rtn;
 use conformance::w4a8_core::{Granularity, W4A8Weights};
@@ -36,13 +36,18 @@ proptest! {
 
     #[test]
     fn weight_files_round_trip(shapes in proptest::collection::vec(gemm_shapes(1, 24, 2), 1..4)) {
-        let layers: BTreeMap<String, W4A8Weights> = shapes
+        let layers: BTreeMap<String, Layer> = shapes
             .iter()
             .enumerate()
-            .map(|(i, s)| (format!("layer{i}.weight"), gemm_inputs(s).1))
+            .map(|(i, s)| {
+                let w = gemm_inputs(s).1;
+                // Every other layer carries a smoothing multiplier.
+                let smooth = (i % 2 == 1).then(|| (0..s.k).map(|j| 0.25 + (j % 7) as f32).collect());
+                (format!("layer{i}.weight"), Layer::new(w, smooth).unwrap())
+            })
             .collect();
-        let bytes = weights_to_bytes(&layers).unwrap();
-        prop_assert_eq!(weights_from_bytes(&bytes).unwrap(), layers);
+        let bytes = layers_to_bytes(&layers).unwrap();
+        prop_assert_eq!(layers_from_bytes(&bytes).unwrap(), layers);
     }
 }
 

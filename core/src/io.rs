@@ -3,7 +3,9 @@
 //!
 //! Layout of a W4A8 file, per layer `NAME`:
 //! - tensors `NAME.qweight` U32 [N, ⌈K/8⌉], `NAME.channel_scales` F32 [N],
-//!   `NAME.group_scales` U8 [K/g, N] (per group only), `NAME.bias` F32 [N] (optional);
+//!   `NAME.group_scales` U8 [K/g, N] (per group only), `NAME.bias` F32 [N] (optional),
+//!   `NAME.smooth` F32 [K] (optional: the activation multiplier of a smoothed layer, applied by
+//!   [`crate::Gemm::quantize_activations`] before quantizing);
 //! - metadata `format = "w4a8"`, `version = "1"`, `NAME.k = K`, `NAME.granularity =
 //!   "per-channel" | "g32" | "g64" | "g128" | "g256"`.
 //!
@@ -40,14 +42,48 @@ fn le_bytes<const N: usize, T>(values: &[T], to: impl Fn(&T) -> [u8; N]) -> Vec<
     values.iter().flat_map(to).collect()
 }
 
+/// One quantized linear layer as stored: its weights, and the smoothing multiplier its activations
+/// need (`x[:, k] · smooth[k]` before quantization) when it was calibrated with smoothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// The quantized weights (and bias).
+    pub weights: W4A8Weights,
+    /// Length K, finite and positive; `None` for an unsmoothed layer.
+    pub smooth: Option<Vec<f32>>,
+}
+
+impl From<W4A8Weights> for Layer {
+    fn from(weights: W4A8Weights) -> Self {
+        Layer { weights, smooth: None }
+    }
+}
+
+impl Layer {
+    /// A layer with a smoothing multiplier, checked: length K, every value finite and positive.
+    pub fn new(weights: W4A8Weights, smooth: Option<Vec<f32>>) -> Result<Self> {
+        if let Some(s) = &smooth {
+            crate::format::check_len("smoothing vector (K)", weights.k(), s.len())?;
+            crate::format::check_finite("smoothing vector", s)?;
+            if let Some(index) = s.iter().position(|&v| v <= 0.0) {
+                return Err(Error::InvalidValue {
+                    what: "smoothing vector",
+                    index,
+                    reason: format!("{} is not positive", s[index]),
+                });
+            }
+        }
+        Ok(Layer { weights, smooth })
+    }
+}
+
 /// Serializes named layers into a W4A8 safetensors file image.
-pub fn weights_to_bytes(layers: &BTreeMap<String, W4A8Weights>) -> Result<Vec<u8>> {
+pub fn layers_to_bytes(layers: &BTreeMap<String, Layer>) -> Result<Vec<u8>> {
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("version".to_string(), FORMAT_VERSION.to_string()),
     ]);
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, w) in layers {
+    for (name, Layer { weights: w, smooth }) in layers {
         let (n, k) = (w.n(), w.k());
         meta.insert(format!("{name}.k"), k.to_string());
         meta.insert(format!("{name}.granularity"), w.granularity().to_string());
@@ -73,6 +109,9 @@ pub fn weights_to_bytes(layers: &BTreeMap<String, W4A8Weights>) -> Result<Vec<u8
         }
         if let Some(b) = w.bias() {
             blobs.push((format!("{name}.bias"), Dtype::F32, vec![n], le_bytes(b, |v| v.to_le_bytes())));
+        }
+        if let Some(s) = smooth {
+            blobs.push((format!("{name}.smooth"), Dtype::F32, vec![k], le_bytes(s, |v| v.to_le_bytes())));
         }
     }
     let views = blobs
@@ -111,7 +150,7 @@ fn f32s(data: &[u8]) -> Vec<f32> {
 }
 
 /// Parses a W4A8 safetensors file image into named layers, validating everything.
-pub fn weights_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, W4A8Weights>> {
+pub fn layers_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, Layer>> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(st_err)?;
     let st = SafeTensors::deserialize(bytes).map_err(st_err)?;
     let meta = header.metadata().clone().unwrap_or_default();
@@ -153,7 +192,13 @@ pub fn weights_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, W4A8Weights>>
             Ok(_) => Some(f32s(tensor(&st, &bias_name, Dtype::F32, &[n])?.data())),
             Err(_) => None,
         };
+        let smooth_name = format!("{layer}.smooth");
+        let smooth = match st.tensor(&smooth_name) {
+            Ok(_) => Some(f32s(tensor(&st, &smooth_name, Dtype::F32, &[k])?.data())),
+            Err(_) => None,
+        };
         let w = W4A8Weights::new(n, k, granularity, qweight, channel_scales, group_scales, bias)
+            .and_then(|w| Layer::new(w, smooth))
             .map_err(|e| fmt_err(format!("layer {layer}: {e}")))?;
         layers.insert(layer.to_string(), w);
     }
@@ -161,15 +206,15 @@ pub fn weights_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, W4A8Weights>>
 }
 
 /// Writes named layers to a W4A8 safetensors file.
-pub fn save_weights(path: impl AsRef<Path>, layers: &BTreeMap<String, W4A8Weights>) -> Result<()> {
+pub fn save_layers(path: impl AsRef<Path>, layers: &BTreeMap<String, Layer>) -> Result<()> {
     let path = path.as_ref();
-    std::fs::write(path, weights_to_bytes(layers)?).map_err(|e| io_err(path, e))
+    std::fs::write(path, layers_to_bytes(layers)?).map_err(|e| io_err(path, e))
 }
 
 /// Reads a W4A8 safetensors file.
-pub fn load_weights(path: impl AsRef<Path>) -> Result<BTreeMap<String, W4A8Weights>> {
+pub fn load_layers(path: impl AsRef<Path>) -> Result<BTreeMap<String, Layer>> {
     let path = path.as_ref();
-    weights_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
+    layers_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
 }
 
 /// A float tensor read from a model file, converted to f32.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use w4a8_core::io::{FORMAT_VERSION, load_weights, save_weights, weights_from_bytes, weights_to_bytes};
+use w4a8_core::io::{FORMAT_VERSION, Layer, layers_from_bytes, layers_to_bytes, load_layers, save_layers};
 use w4a8_core::quantize::{quantize_activations, quantize_weights_rtn};
 use w4a8_core::{Error, Granularity, QuantizedActivations, W4A8Weights};
 
@@ -91,41 +91,42 @@ fn non_finite_inputs() {
 
 #[test]
 fn weight_file_round_trip() {
+    let smooth: Vec<f32> = (0..64).map(|i| 0.5 + i as f32 / 64.0).collect();
     let layers = BTreeMap::from([
-        ("a.weight".to_string(), sample()),
+        ("a.weight".to_string(), Layer::new(sample(), Some(smooth)).unwrap()),
         (
             "b".to_string(),
-            quantize_weights_rtn(&[0.3; 3 * 13], 3, 13, Granularity::PerChannel, None).unwrap(),
+            Layer::from(quantize_weights_rtn(&[0.3; 3 * 13], 3, 13, Granularity::PerChannel, None).unwrap()),
         ),
     ]);
-    let bytes = weights_to_bytes(&layers).unwrap();
-    assert_eq!(weights_from_bytes(&bytes).unwrap(), layers);
+    let bytes = layers_to_bytes(&layers).unwrap();
+    assert_eq!(layers_from_bytes(&bytes).unwrap(), layers);
     let dir = std::env::temp_dir().join(format!("w4a8-io-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
-    save_weights(&path, &layers).unwrap();
-    assert_eq!(load_weights(&path).unwrap(), layers);
+    save_layers(&path, &layers).unwrap();
+    assert_eq!(load_layers(&path).unwrap(), layers);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn every_truncation_of_a_weight_file_is_an_error() {
-    let bytes = weights_to_bytes(&BTreeMap::from([("l".to_string(), sample())])).unwrap();
+    let bytes = layers_to_bytes(&BTreeMap::from([("l".to_string(), Layer::from(sample()))])).unwrap();
     for len in 0..bytes.len() {
-        let e = weights_from_bytes(&bytes[..len]).unwrap_err();
+        let e = layers_from_bytes(&bytes[..len]).unwrap_err();
         assert!(matches!(e, Error::Format(_)), "truncated to {len}: {e:?}");
     }
 }
 
 #[test]
 fn corrupted_or_foreign_files_are_errors() {
-    let layers = BTreeMap::from([("l".to_string(), sample())]);
-    let bytes = weights_to_bytes(&layers).unwrap();
+    let layers = BTreeMap::from([("l".to_string(), Layer::from(sample()))]);
+    let bytes = layers_to_bytes(&layers).unwrap();
     // Flip every byte of the payload region in turn is too slow; flip a spread of bytes instead.
     for i in (0..bytes.len()).step_by(7) {
         let mut b = bytes.clone();
         b[i] ^= 0xFF;
-        let _ = weights_from_bytes(&b); // may succeed (a changed scale) but must not panic
+        let _ = layers_from_bytes(&b); // may succeed (a changed scale) but must not panic
     }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let swap = |from: &str, to: &str| {
@@ -133,18 +134,18 @@ fn corrupted_or_foreign_files_are_errors() {
         let pos = text.find(from).unwrap_or_else(|| panic!("{from} in header"));
         let mut b = bytes.clone();
         b[pos..pos + to.len()].copy_from_slice(to.as_bytes());
-        weights_from_bytes(&b).unwrap_err().to_string()
+        layers_from_bytes(&b).unwrap_err().to_string()
     };
     assert!(swap("\"w4a8\"", "\"w5a8\"").contains("format"));
     assert!(swap(&format!("\"version\":\"{FORMAT_VERSION}\""), "\"version\":\"9\"").contains("version 9"));
     assert!(swap("\"g32\"", "\"g48\"").contains("48"));
-    let e = weights_from_bytes(b"definitely not a safetensors file").unwrap_err();
+    let e = layers_from_bytes(b"definitely not a safetensors file").unwrap_err();
     assert!(matches!(e, Error::Format(_)));
 }
 
 #[test]
 fn missing_file_is_an_io_error_naming_the_path() {
-    let e = load_weights("/nonexistent/w4a8/weights.safetensors").unwrap_err();
+    let e = load_layers("/nonexistent/w4a8/weights.safetensors").unwrap_err();
     assert!(matches!(e, Error::Io { .. }));
     assert!(e.to_string().contains("/nonexistent/w4a8/weights.safetensors"));
 }
@@ -164,4 +165,17 @@ fn per_group_quantizer_searches_integer_scales() {
     assert!(err(&pg) < 0.5 * err(&pc), "per-group {} vs per-channel {}", err(&pg), err(&pc));
     assert!(pg.group_scales().iter().all(|&s| (1..=16).contains(&s)));
     assert!(pg.group_scales()[0] > pg.group_scales()[1]);
+}
+
+#[test]
+fn smoothing_vectors_are_validated() {
+    let e = Layer::new(sample(), Some(vec![1.0; 63])).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { expected: 64, got: 63, .. }), "{e:?}");
+    let mut s = vec![1.0; 64];
+    s[9] = 0.0;
+    let e = Layer::new(sample(), Some(s.clone())).unwrap_err();
+    assert!(matches!(e, Error::InvalidValue { what: "smoothing vector", index: 9, .. }), "{e:?}");
+    s[9] = f32::NAN;
+    let e = Layer::new(sample(), Some(s)).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { what: "smoothing vector", index: 9, .. }), "{e:?}");
 }

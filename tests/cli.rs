@@ -1,0 +1,113 @@
+//! The `w4a8` command-line tool, run as a user would: quantize files, errors as messages, the demo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use w4a8::io::{FloatTensor, float_tensors_to_bytes, load_layers};
+use w4a8::rng::SplitMix64;
+
+fn w4a8(args: &[&str]) -> (bool, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_w4a8")).args(args).env("W4A8_BACKEND", "cpu").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("w4a8-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tensor(rng: &mut SplitMix64, shape: &[usize], scale: f32) -> FloatTensor {
+    let len = shape.iter().product();
+    FloatTensor { shape: shape.to_vec(), data: (0..len).map(|_| rng.normal() * scale).collect() }
+}
+
+/// A two-layer model file (one layer with a bias, plus a 1-D tensor to ignore) and its calibration file.
+fn model_files(dir: &Path) -> (String, String) {
+    let mut rng = SplitMix64::new(42);
+    let model = BTreeMap::from([
+        ("l0.weight".to_string(), tensor(&mut rng, &[48, 256], 0.05)),
+        ("l0.bias".to_string(), tensor(&mut rng, &[48], 0.1)),
+        ("l1.weight".to_string(), tensor(&mut rng, &[32, 128], 0.05)),
+        ("norm.weight".to_string(), tensor(&mut rng, &[256], 1.0)),
+    ]);
+    let mut x0 = tensor(&mut rng, &[64, 256], 1.0);
+    x0.data.iter_mut().skip(3).step_by(256).for_each(|v| *v *= 40.0); // an outlier channel
+    let calib =
+        BTreeMap::from([("l0.input".to_string(), x0), ("l1".to_string(), tensor(&mut rng, &[64, 128], 1.0))]);
+    let (m, c) = (dir.join("model.safetensors"), dir.join("calib.safetensors"));
+    std::fs::write(&m, float_tensors_to_bytes(&model).unwrap()).unwrap();
+    std::fs::write(&c, float_tensors_to_bytes(&calib).unwrap()).unwrap();
+    (m.display().to_string(), c.display().to_string())
+}
+
+#[test]
+fn quantize_with_gptq_smoothing_and_clipping() {
+    let dir = temp_dir("gptq");
+    let (model, calib) = model_files(&dir);
+    let out = dir.join("out.safetensors").display().to_string();
+    let (ok, text) = w4a8(&[
+        "quantize", &model, &out, "--method", "gptq", "--smooth", "adaptive", "--clip", "--group", "64",
+        "--calib", &calib,
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("wrote 2 layers"), "{text}");
+    let layers = load_layers(&out).unwrap();
+    assert_eq!(layers.keys().collect::<Vec<_>>(), ["l0.weight", "l1.weight"]);
+    let l0 = &layers["l0.weight"];
+    assert_eq!((l0.weights.n(), l0.weights.k()), (48, 256));
+    assert!(l0.weights.bias().is_some(), "the bias travels with its layer");
+    assert!(layers["l1.weight"].weights.bias().is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn quantize_rtn_needs_no_calibration_and_reports_what_it_skips() {
+    let dir = temp_dir("rtn");
+    let (model, _) = model_files(&dir);
+    let out = dir.join("out.safetensors").display().to_string();
+    // g256 does not divide l1's K = 128: that layer is skipped with the reason, the other written.
+    let (ok, text) = w4a8(&["quantize", &model, &out, "--group", "256"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("wrote 1 layers") && text.contains("skipped l1.weight") && text.contains("128"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_invocations_are_clear_errors() {
+    let dir = temp_dir("errors");
+    let (model, _) = model_files(&dir);
+    let out = dir.join("out.safetensors").display().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (&["quantize", &model, &out, "--method", "gptq"], "--calib"),
+        (&["quantize", &model, &out, "--method", "awq"], "expected rtn or gptq"),
+        (&["quantize", &model, &out, "--group", "48"], "unsupported group size 48"),
+        (&["quantize", "/nonexistent/in.safetensors", &out], "/nonexistent/in.safetensors"),
+        (&["demo", "--backend", "tpu", "--m", "1", "--n", "8", "--k", "32"], "unknown backend"),
+    ];
+    for (args, needle) in cases {
+        let (ok, text) = w4a8(args);
+        assert!(!ok, "{args:?} succeeded: {text}");
+        assert!(text.contains(needle) && !text.contains("panicked"), "{args:?}: {text}");
+    }
+    // A truncated model file is an error message, not a crash.
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, text) = w4a8(&["quantize", &cut.display().to_string(), &out]);
+    assert!(!ok && text.contains("safetensors") && !text.contains("panicked"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_runs_and_agrees_with_the_oracle() {
+    let (ok, text) = w4a8(&["demo", "--m", "3", "--n", "64", "--k", "256", "--iters", "2"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("192/192 outputs bit-equal"), "{text}");
+}
