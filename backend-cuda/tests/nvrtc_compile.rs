@@ -69,3 +69,20 @@ fn a_compile_error_carries_the_log() {
     let text = err.to_string();
     assert!(text.contains("--gpu-architecture=sm_70"), "{text}");
 }
+
+/// A kernel the compiler rejects is `Error::Backend` carrying the options and the compiler's log:
+/// sm_75 has no m16n8k32 int8 mma, so ptxas refuses our GEMM there.
+#[test]
+fn a_rejected_compile_is_a_backend_error_with_the_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    match kernels::compile(7, 5, false) {
+        Err(w4a8_core::Error::Backend { message, .. }) => {
+            assert!(message.contains("sm_75"), "options missing from the message: {message}");
+            assert!(message.lines().count() > 1, "compiler log missing from the message: {message}");
+        }
+        Err(other) => panic!("expected Error::Backend, got {other:?}"),
+        Ok(_) => panic!("sm_75 compiled an m16n8k32 int8 mma"),
+    }
+}
