@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use w4a8::calib::{CalibStats, GptqConfig, Method, QuantizeConfig, Smoothing, quantize_layer};
 use w4a8::io::{FloatTensor, Layer, load_float_tensors, save_layers};
-use w4a8::oracle::reference_gemm;
+use w4a8::oracle::{f16_ulp_distance, reference_gemm};
 use w4a8::quantize::{quantize_activations, quantize_weights_rtn};
 use w4a8::rng::SplitMix64;
 use w4a8::{Backend, DEFAULT_GROUP_SIZE, Gemm, Granularity, Result, f16};
@@ -145,13 +145,8 @@ fn demo(backend: &str, m: usize, n: usize, k: usize, group: usize, iters: usize,
     let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
     let oracle_x = quantize_activations(&xf, m, k, None)?;
     let want = reference_gemm(&xq_host, &weights)?;
-    let ulp = |a: f16, b: f16| {
-        let o = |v: f16| {
-            if v.to_bits() & 0x8000 != 0 { -((v.to_bits() & 0x7FFF) as i32) } else { v.to_bits() as i32 }
-        };
-        (o(a) - o(b)).unsigned_abs()
-    };
-    let max_ulp = got.iter().zip(&want).map(|(&a, &b)| ulp(a, b)).max().unwrap_or(0);
+    let max_ulp =
+        got.iter().zip(&want).map(|(&a, &b)| f16_ulp_distance(a, b).unwrap_or(u32::MAX)).max().unwrap_or(0);
     let equal = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
     let q_diff = xq_host.values().iter().zip(oracle_x.values()).filter(|(a, b)| a != b).count();
     let (mut num, mut den) = (0.0f64, 0.0f64);

@@ -331,15 +331,7 @@ fn seed_for(cfg: &RunConfig, n: usize, k: usize, what: u64, set: usize) -> u64 {
 
 /// Distance between two f16 values in units in the last place (NaN → infinity).
 pub fn f16_ulp_distance(a: f16, b: f16) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        return f64::INFINITY;
-    }
-    // Map the sign-magnitude bit pattern onto a line where adjacent floats differ by 1 (±0 coincide).
-    let ordered = |v: f16| {
-        let bits = v.to_bits() as i32;
-        if bits & 0x8000 != 0 { -(bits & 0x7FFF) } else { bits }
-    };
-    (ordered(a) - ordered(b)).abs() as f64
+    w4a8_core::oracle::f16_ulp_distance(a, b).map_or(f64::INFINITY, f64::from)
 }
 
 /// Checks W4A8 outputs (M×N) at `positions` against the oracle's arithmetic: within 1 f16 ulp.

@@ -23,7 +23,7 @@ use std::io::Write;
 
 use half::f16;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use w4a8_core::oracle::reference_gemm;
+use w4a8_core::oracle::{f16_ulp_distance, reference_gemm};
 use w4a8_core::quantize::quantize_activations;
 use w4a8_core::{BackendKind, DeviceTensor, Error, Gemm, MAX_K, QuantizedActivations, Result, W4A8Weights};
 
@@ -66,12 +66,6 @@ fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
 }
 
-/// Monotonic integer image of an f16, so that the difference of two images is their ulp distance.
-pub fn f16_ord(x: f16) -> i32 {
-    let b = x.to_bits() as i32;
-    if b & 0x8000 != 0 { -(b & 0x7FFF) } else { b }
-}
-
 /// Monotonic integer image of an f32.
 pub fn f32_ord(x: f32) -> i64 {
     let b = x.to_bits() as i64;
@@ -96,7 +90,7 @@ pub fn check_within_one_ulp(got: &[f16], want: &[f16], n: usize) -> std::result:
         if g.is_nan() {
             return Err(fail(format!("Y[{}, {}] was never written (still NaN poison)", i / n, i % n)));
         }
-        if (f16_ord(g) - f16_ord(w)).abs() > 1 {
+        if f16_ulp_distance(g, w).is_none_or(|d| d > 1) {
             return Err(fail(format!("Y[{}, {}] = {g} but the oracle says {w}", i / n, i % n)));
         }
     }

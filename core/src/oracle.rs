@@ -20,6 +20,20 @@ pub fn epilogue(acc: i32, s_x: f32, s_ch: f32, bias: Option<f32>) -> f16 {
     })
 }
 
+/// How many f16 values lie between `a` and `b` (units in the last place; ±0 coincide, ±inf are one
+/// past ±max), or `None` if either is NaN. Backends must stay within 1 of the oracle.
+pub fn f16_ulp_distance(a: f16, b: f16) -> Option<u32> {
+    if a.is_nan() || b.is_nan() {
+        return None;
+    }
+    // Map the sign-magnitude bit pattern onto a line where adjacent values differ by 1.
+    let ordered = |v: f16| {
+        let bits = v.to_bits() as i32;
+        if bits & 0x8000 != 0 { -(bits & 0x7FFF) } else { bits }
+    };
+    Some(ordered(a).abs_diff(ordered(b)))
+}
+
 /// Exact `Σ_k a[k] · b[k]` in int32. Exact for K ≤ 65 536 since |a·b| ≤ 127 · 128.
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
@@ -205,5 +219,29 @@ impl Gemm for CpuOracle {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulp_distance_counts_representable_values() {
+        let one = f16::ONE;
+        let next = f16::from_bits(one.to_bits() + 1);
+        assert_eq!(f16_ulp_distance(one, one), Some(0));
+        assert_eq!(f16_ulp_distance(one, next), Some(1));
+        assert_eq!(f16_ulp_distance(f16::ZERO, f16::NEG_ZERO), Some(0));
+        assert_eq!(f16_ulp_distance(f16::from_bits(1), f16::from_bits(0x8001)), Some(2));
+        assert_eq!(f16_ulp_distance(f16::MAX, f16::INFINITY), Some(1));
+        assert_eq!(f16_ulp_distance(f16::NAN, one), None);
+    }
+
+    #[test]
+    fn epilogue_adds_no_zero_without_bias() {
+        assert_eq!(epilogue(-1, 1e-30, 1e-30, None).to_bits(), f16::NEG_ZERO.to_bits());
+        assert_eq!(epilogue(-1, 1e-30, 1e-30, Some(0.0)).to_bits(), f16::ZERO.to_bits());
+        assert_eq!(epilogue(1_000_000, 1.0, 1.0, None), f16::INFINITY);
     }
 }
