@@ -57,13 +57,7 @@ impl CublasF16Gemm {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        if x.len() < m * k || w.len() < n * k || y.len() < m * n {
-            return Err(Error::ShapeMismatch {
-                what: "cuBLAS operands",
-                expected: m * k + n * k + m * n,
-                got: x.len() + w.len() + y.len(),
-            });
-        }
+        check_operands([x.len(), w.len(), y.len()], m, n, k)?;
         let cfg = GemmConfig {
             transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
             transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
@@ -79,6 +73,18 @@ impl CublasF16Gemm {
         // SAFETY: the lengths were checked above against the leading dimensions and shapes passed.
         unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(|e| blas_err("cublasGemmEx f16", e))
     }
+}
+
+/// Both baselines take x M×K, w N×K and y M×N: each buffer must hold at least its shape.
+fn check_operands(lens: [usize; 3], m: usize, n: usize, k: usize) -> Result<()> {
+    let names = ["baseline x (M·K)", "baseline w (N·K)", "baseline y (M·N)"];
+    let needs = [m.saturating_mul(k), n.saturating_mul(k), m.saturating_mul(n)];
+    for ((what, len), need) in names.into_iter().zip(lens).zip(needs) {
+        if len < need {
+            return Err(Error::ShapeMismatch { what, expected: need, got: len });
+        }
+    }
+    Ok(())
 }
 
 /// cuBLASLt INT8 GEMM (W8A8): s8 × s8 → s32 with `CUBLAS_COMPUTE_32I`, "TN" layout.
@@ -110,13 +116,7 @@ impl CublasLtI8Gemm {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        if x.len() < m * k || w.len() < n * k || y.len() < m * n {
-            return Err(Error::ShapeMismatch {
-                what: "cuBLASLt operands",
-                expected: m * k + n * k + m * n,
-                got: x.len() + w.len() + y.len(),
-            });
-        }
+        check_operands([x.len(), w.len(), y.len()], m, n, k)?;
         use lt_sys::cudaDataType_t::{CUDA_R_8I, CUDA_R_32I};
         let desc = lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32I, CUDA_R_32I)
             .map_err(|e| blas_err("cublasLtMatmulDescCreate", e))?;
@@ -253,5 +253,22 @@ impl EventTimer {
             f()?;
         }
         Ok(self.stop_ms()? / reps.max(1) as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operand_lengths_are_checked_by_name() {
+        assert!(check_operands([6, 12, 8], 2, 4, 3).is_ok());
+        let e = check_operands([6, 11, 8], 2, 4, 3).unwrap_err();
+        assert!(
+            matches!(e, Error::ShapeMismatch { what: "baseline w (N·K)", expected: 12, got: 11 }),
+            "{e:?}"
+        );
+        let e = check_operands([6, 12, 0], 2, 4, 3).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { what: "baseline y (M·N)", expected: 8, got: 0 }), "{e:?}");
     }
 }
