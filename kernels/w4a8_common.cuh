@@ -54,25 +54,58 @@ __device__ __forceinline__ u16 w4a8_f2h_rn(float f) {
 // Asynchronous copies (sm_80 cp.async): global -> shared without a register round trip.
 // ---------------------------------------------------------------------------------------------
 
-// 16-byte copy that bypasses L1 (`.cg`: every byte is used once per block). When `valid` is false
-// the source size is 0 and the 16 destination bytes are zero-filled: rows past M read as zeros.
-__device__ __forceinline__ void w4a8_cp_async16(void* smem, const void* gmem, bool valid) {
-    u32 dst = (u32)__cvta_generic_to_shared(smem);
-    int src_bytes = valid ? 16 : 0;
+// A generic pointer into shared memory as the 32-bit shared-window address that cp.async and
+// ldmatrix take (computed once per thread; the main loop adds 32-bit offsets to it).
+__device__ __forceinline__ u32 w4a8_smem_u32(const void* smem) { return (u32)__cvta_generic_to_shared(smem); }
+
+// %ctaid.x, %nctaid.x and %laneid read where they are used: a volatile asm is never hoisted, so the
+// code after a main loop (the stream-K fix-up) keeps no values of its own live across that loop,
+// where they would crowd out the loop's addresses (ptxas then recomputes those in the loop).
+__device__ __forceinline__ u32 w4a8_block_here() {
+    u32 v;
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(v));
+    return v;
+}
+__device__ __forceinline__ u32 w4a8_blocks_here() {
+    u32 v;
+    asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(v));
+    return v;
+}
+__device__ __forceinline__ u32 w4a8_lane_here() {
+    u32 v;
+    asm volatile("mov.u32 %0, %%laneid;" : "=r"(v));
+    return v;
+}
+
+// 16-byte copy that bypasses L1 (`.cg`: every byte is used once per block). `src_bytes` is 16, or 0
+// to zero-fill the 16 destination bytes without reading: rows past M read as zeros.
+__device__ __forceinline__ void w4a8_cp_async16_zfill(u32 dst, const void* gmem, u32 src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
 }
 
-// Weights are streamed exactly once per GEMM: evict-first keeps them from pushing the (re-read)
-// activations out of L2.
-__device__ __forceinline__ void w4a8_cp_async16_evict_first(void* smem, const void* gmem) {
-    u32 dst = (u32)__cvta_generic_to_shared(smem);
-    asm volatile(
-        "{\n"
-        "  .reg .b64 policy;\n"
-        "  createpolicy.fractional.L2::evict_first.b64 policy, 1.0;\n"
-        "  cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, policy;\n"
-        "}\n" ::"r"(dst),
-        "l"(gmem));
+// 16-byte copy that bypasses L1.
+__device__ __forceinline__ void w4a8_cp_async16(u32 dst, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+
+// 16-byte copy that bypasses L1 with an L2 cache policy made once by w4a8_weight_policy.
+__device__ __forceinline__ void w4a8_cp_async16_hint(u32 dst, const void* gmem, u64 policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "l"(policy));
+}
+
+// The L2 policy of the weight copies, created once per thread (not per copy). When every weight
+// byte is read by one block only (`read_once`: the grid has one block row, M ≤ BM), evict-first
+// keeps the streamed weights from pushing the (re-read) activations out of L2; when ⌈M/BM⌉ block
+// rows each re-read the weights, evict-first would throw out what the next row needs, so the
+// policy is the default priority (evict_normal).
+__device__ __forceinline__ u64 w4a8_weight_policy(bool read_once) {
+    u64 policy;
+    if (read_once)
+        asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    else
+        asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
 }
 
 __device__ __forceinline__ void w4a8_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -88,10 +121,9 @@ __device__ __forceinline__ void w4a8_cp_async_wait() {
 // ---------------------------------------------------------------------------------------------
 
 // Four 8×8 b16 matrices from shared memory (= four 8-row × 16-byte int8 tiles). Lane l gives the
-// address of row (l % 8) of matrix (l / 8); register i receives, in every lane, the 4 bytes at
-// row (lane / 4), bytes 4·(lane % 4).. of matrix i.
-__device__ __forceinline__ void w4a8_ldmatrix_x4(u32 (&r)[4], const void* smem_row) {
-    u32 addr = (u32)__cvta_generic_to_shared(smem_row);
+// shared address of row (l % 8) of matrix (l / 8); register i receives, in every lane, the 4 bytes
+// at row (lane / 4), bytes 4·(lane % 4).. of matrix i.
+__device__ __forceinline__ void w4a8_ldmatrix_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));

@@ -4,7 +4,8 @@ use half::f16;
 use w4a8_core::gemm::check_owner;
 use w4a8_core::oracle::{CpuActivations, CpuOutput, CpuWeights};
 use w4a8_core::{
-    BackendKind, CpuOracle, DeviceInfo, DeviceTensor, Error, Gemm, QuantizedActivations, Result, W4A8Weights,
+    BackendKind, CpuOracle, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan,
+    QuantizedActivations, Result, W4A8Weights,
 };
 
 #[cfg(feature = "cuda")]
@@ -15,6 +16,11 @@ use w4a8_wgpu::{WgpuActivations, WgpuBackend, WgpuOutput, WgpuWeights};
 /// One of the backends compiled in.
 ///
 /// A backend is opened once and lives long; its size does not matter, so the variants are not boxed.
+///
+/// `Send + Sync` on native targets, with whichever backends are compiled in, as are its handles
+/// ([`AnyWeights`], [`AnyActivations`], [`AnyOutput`]): open one backend and share it by reference
+/// across threads (see the thread-safety notes of [`Gemm`] and of each backend type). Checked at
+/// compile time.
 #[non_exhaustive]
 #[allow(clippy::large_enum_variant)]
 pub enum Backend {
@@ -308,6 +314,10 @@ impl Gemm for Backend {
         })
     }
 
+    fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan> {
+        dispatch!(Backend, self, b => b.kernel_plan(m, n, k, granularity))
+    }
+
     fn read_output(&self, y: &AnyOutput) -> Result<Vec<f16>> {
         dispatch!(Backend, self, b => b.read_output(pick("output", y, b.info().id)?))
     }
@@ -316,3 +326,14 @@ impl Gemm for Backend {
         dispatch!(Backend, self, b => b.synchronize())
     }
 }
+
+// The thread-safety contract of `Backend`, checked at compile time for every backend compiled in
+// (the CUDA backend's types through `AnyWeights` and friends when the `cuda` feature is on).
+#[cfg(not(target_arch = "wasm32"))]
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Backend>();
+    assert_send_sync::<AnyWeights>();
+    assert_send_sync::<AnyActivations>();
+    assert_send_sync::<AnyOutput>();
+};

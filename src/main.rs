@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use w4a8::calib::{CalibStats, GptqConfig, Method, QuantizeConfig, Smoothing, quantize_layer};
+use w4a8::calib::{GptqConfig, Method, QuantizeConfig, Smoothing, layer_calibration, quantize_layer};
 use w4a8::io::{FloatTensor, Layer, load_float_tensors, save_layers};
 use w4a8::oracle::{f16_ulp_distance, reference_gemm};
 use w4a8::quantize::{quantize_activations, quantize_weights_rtn};
@@ -23,8 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the backends compiled in, the devices they find, and the limits that matter.
-    Info,
+    /// List the backends compiled in, the devices they find, the limits that matter, and which
+    /// kernel each runs for a few GEMMs.
+    Info {
+        /// A GEMM to show the kernel plan of, as `MxNxK` with an optional `:g32|:g64|:g128|:g256|:pc`
+        /// (default g128); repeatable. Without it: M = 1, 16, 64, 128, 4096 on 4096x4096 g128.
+        #[arg(long = "plan", value_name = "MxNxK[:G]")]
+        plans: Vec<String>,
+    },
     /// Quantize a LLaMA-shaped layer, run it on a backend, compare with the oracle, print error and time.
     Demo {
         /// auto (best found), cpu, wgpu or cuda.
@@ -81,17 +87,48 @@ fn granularity(group: usize) -> Granularity {
     if group == 0 { Granularity::PerChannel } else { Granularity::PerGroup { group_size: group } }
 }
 
-fn info() -> Result<()> {
+/// Parses `MxNxK[:G]` (G = g32, g64, g128, g256 or pc; default g128).
+fn parse_plan_shape(text: &str) -> Result<(usize, usize, usize, Granularity)> {
+    let bad =
+        || bad_arg(format!("--plan `{text}`: expected MxNxK with an optional :g32/:g64/:g128/:g256/:pc"));
+    let (dims, gran) = text.split_once(':').unwrap_or((text, "g128"));
+    let dims: Vec<usize> =
+        dims.split('x').map(|d| d.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    let [m, n, k] = dims[..] else { return Err(bad()) };
+    let granularity = match gran {
+        "pc" => Granularity::PerChannel,
+        g => {
+            granularity(g.strip_prefix('g').and_then(|v| v.parse().ok()).filter(|&v| v > 0).ok_or_else(bad)?)
+        }
+    };
+    Ok((m, n, k, granularity))
+}
+
+fn info(plans: &[String]) -> Result<()> {
+    let shapes: Vec<_> = if plans.is_empty() {
+        [1, 16, 64, 128, 4096].map(|m| (m, 4096, 4096, granularity(DEFAULT_GROUP_SIZE))).to_vec()
+    } else {
+        plans.iter().map(|p| parse_plan_shape(p)).collect::<Result<_>>()?
+    };
     println!("w4a8 {} — backends compiled in: {:?}", env!("CARGO_PKG_VERSION"), Backend::compiled());
-    for probe in Backend::probe_all() {
-        match probe.result {
-            Ok(d) => {
-                println!("\n[{}] {}", probe.kind, d.name);
-                for (key, value) in &d.details {
-                    println!("    {key:<28} {value}");
-                }
+    for kind in Backend::compiled() {
+        let backend = match Backend::open(kind) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("\n[{kind}] {e}");
+                continue;
             }
-            Err(e) => println!("\n[{}] {e}", probe.kind),
+        };
+        let d = backend.info();
+        println!("\n[{kind}] {}", d.name);
+        for (key, value) in &d.details {
+            println!("    {key:<28} {value}");
+        }
+        println!("    kernel plans:");
+        for &(m, n, k, g) in &shapes {
+            let plan =
+                backend.kernel_plan(m, n, k, g).map_or_else(|e| format!("error: {e}"), |p| p.to_string());
+            println!("      M={m:<5} {n}x{k} {g:<11} {plan}");
         }
     }
     let best = Backend::best()?;
@@ -110,6 +147,7 @@ fn demo(backend: &str, m: usize, n: usize, k: usize, group: usize, iters: usize,
     let granularity = granularity(group);
     println!("backend: {} ({})", backend.kind(), backend.info().name);
     println!("layer:   X {m}×{k} f16 · Wᵀ ({n}×{k}, {granularity} int4) → Y {m}×{n} f16");
+    println!("kernel:  {}", backend.kernel_plan(m, n, k, granularity)?);
 
     // A LLaMA-like layer: normal weights with a few heavy rows; activations with outlier channels.
     let mut rng = SplitMix64::new(seed);
@@ -195,25 +233,6 @@ fn bad_arg(message: String) -> w4a8::Error {
     w4a8::Error::InvalidValue { what: "command-line argument", index: 0, reason: message }
 }
 
-/// Statistics of one layer's calibration inputs, or why there are none.
-fn layer_stats(calib: &BTreeMap<String, FloatTensor>, name: &str, k: usize) -> Result<CalibStats> {
-    let prefix = name.strip_suffix(".weight").unwrap_or(name);
-    let t = calib
-        .get(&format!("{prefix}.input"))
-        .or_else(|| calib.get(prefix))
-        .ok_or_else(|| bad_arg(format!("no calibration tensor {prefix}.input or {prefix}")))?;
-    if t.shape.len() != 2 || t.shape[1] != k {
-        return Err(w4a8::Error::ShapeMismatch {
-            what: "calibration tensor columns (K)",
-            expected: k,
-            got: *t.shape.last().unwrap_or(&0),
-        });
-    }
-    let mut stats = CalibStats::new(k)?;
-    stats.update(&t.data, t.shape[0])?;
-    Ok(stats)
-}
-
 fn quantize(args: QuantizeArgs) -> Result<()> {
     let QuantizeArgs { input, output, cfg, calib, filter } = args;
     let calib = match calib {
@@ -248,7 +267,7 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
             .filter(|b| b.shape == [n])
             .map(|b| b.data.clone());
         let layer = (|| {
-            let stats = calib.as_ref().map(|c| layer_stats(c, name, k)).transpose()?;
+            let stats = calib.as_ref().map(|c| layer_calibration(c, name, k)).transpose()?;
             let q = quantize_layer(&t.data, n, k, &cfg, stats.as_ref())?;
             Layer::new(q.weights.with_bias(bias)?, q.smooth)
         })();
@@ -302,7 +321,7 @@ fn quantize_config(group: usize, method: &str, smooth: &str, clip: bool) -> Resu
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info => info(),
+        Command::Info { plans } => info(&plans),
         Command::Demo { backend, m, n, k, group, iters, seed } => demo(&backend, m, n, k, group, iters, seed),
         Command::Quantize { input, output, group, method, smooth, clip, calib, filter } => {
             quantize_config(group, &method, &smooth, clip).and_then(|cfg| {

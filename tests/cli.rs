@@ -111,3 +111,63 @@ fn demo_runs_and_agrees_with_the_oracle() {
     assert!(ok, "{text}");
     assert!(text.contains("192/192 outputs bit-equal"), "{text}");
 }
+
+/// `w4a8 quantize` killed in the middle of writing its output (the file-size limit makes the kernel
+/// stop it with SIGXFSZ at a fixed byte count), and failing a write (the same limit with SIGXFSZ
+/// ignored: the write returns EFBIG): both leave the previous output whole, and the next run
+/// replaces it. Without the temporary-file-and-rename write, the first leaves a truncated file.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_or_failed_output_write_leaves_the_previous_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = temp_dir("interrupt");
+    let mut rng = SplitMix64::new(7);
+    let model = dir.join("big.safetensors");
+    let tensors = BTreeMap::from([("l.weight".to_string(), tensor(&mut rng, &[512, 1024], 0.05))]);
+    std::fs::write(&model, float_tensors_to_bytes(&tensors).unwrap()).unwrap();
+    let out = dir.join("out.safetensors");
+    let (model_s, out_s) = (model.display().to_string(), out.display().to_string());
+    let (ok, text) = w4a8(&["quantize", &model_s, &out_s, "--group", "0"]);
+    assert!(ok, "{text}");
+    let previous = load_layers(&out).unwrap();
+    let previous_len = std::fs::metadata(&out).unwrap().len();
+    assert!(previous_len > 64 << 10, "the output must be larger than the limit below");
+
+    // bash's `ulimit -f` counts 1024-byte blocks: 16 KiB, a fraction of the ~260 KiB output.
+    let limited = |trap: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!("{trap} ulimit -f 16; exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_w4a8"))
+            .args(["quantize", &model_s, &out_s, "--group", "128"])
+            .env("W4A8_BACKEND", "cpu")
+            .output()
+            .unwrap()
+    };
+    let killed = limited("");
+    assert_eq!(killed.status.signal(), Some(25), "expected death by SIGXFSZ: {:?}", killed.status);
+    assert_eq!(load_layers(&out).unwrap(), previous, "the kill changed the previous output");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), previous_len);
+
+    let failed = limited("trap '' XFSZ;");
+    let text = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && failed.status.signal().is_none(), "{:?}", failed.status);
+    assert!(text.contains("out.safetensors") && !text.contains("panicked"), "{text}");
+    assert_eq!(load_layers(&out).unwrap(), previous, "the failed write changed the previous output");
+    // The failed run cleaned up its temporary file; the killed one could not, and left only that.
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.len() <= 1 && leftovers.iter().all(|n| n.starts_with(".out.safetensors.")),
+        "{leftovers:?}"
+    );
+
+    let (ok, text) = w4a8(&["quantize", &model_s, &out_s, "--group", "128"]);
+    assert!(ok, "{text}");
+    let replaced = load_layers(&out).unwrap();
+    assert_eq!(replaced["l.weight"].weights.granularity(), w4a8::Granularity::PerGroup { group_size: 128 });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,14 +9,14 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, next_device_id};
+use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, check_plan_args, next_device_id};
 use w4a8_core::{
-    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, QuantizedActivations, Result,
-    W4A8Weights, f16,
+    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan, QuantizedActivations,
+    Result, W4A8Weights, f16,
 };
 
-use crate::kernels::{self, KERNELS, QUANTIZE_ACTIVATIONS, SPLITK_EPILOGUE};
-use crate::layout::{self, GemmConfig, PackedWeights, THREADS};
+use crate::kernels::{self, KERNELS, QUANTIZE_ACTIVATIONS};
+use crate::layout::{self, GemmConfig, LaunchPlan, PackedWeights, THREADS};
 
 /// Lowest compute capability with `cp.async`, `ldmatrix` and `mma.m16n8k32` on s8.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
@@ -93,8 +93,10 @@ pub struct CudaBackend {
     functions: HashMap<&'static str, CudaFunction>,
     sms: usize,
     total_mem: usize,
-    /// Split-K partial sums, grown on demand; reused call after call (stream order protects it).
-    workspace: Mutex<Option<CudaSlice<i32>>>,
+    /// Resident blocks (SMs × blocks per SM) of each configuration of `layout::CONFIGS`.
+    resident: Vec<usize>,
+    /// Stream-K partial sums and tile semaphores, grown on demand.
+    scratch: Mutex<Option<Scratch>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -102,6 +104,9 @@ impl std::fmt::Debug for CudaBackend {
         f.debug_struct("CudaBackend").field("info", &self.info).finish_non_exhaustive()
     }
 }
+
+/// The stream-K partial-sum workspace and the per-tile semaphores.
+type Scratch = (CudaSlice<i32>, CudaSlice<u32>);
 
 /// Weights repacked for the GEMM kernel and resident on the device.
 pub struct CudaWeights {
@@ -167,6 +172,25 @@ impl CudaWeights {
             + self.channel_scales.len() * 4
             + self.bias.as_ref().map_or(0, |b| b.len() * 4)
     }
+}
+
+/// The launch as `kernel_plan` reports it: entry point, tile, warps, stages, tiles and blocks.
+pub fn describe_plan(plan: &LaunchPlan, granularity: Granularity) -> KernelPlan {
+    let c = plan.config;
+    let blocks = if plan.is_stream_k() {
+        let (lo, hi) = (plan.iterations() / plan.blocks, plan.iterations().div_ceil(plan.blocks));
+        let each = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+        format!("{} persistent (stream-K, {each} k-tiles each)", plan.blocks)
+    } else {
+        format!("{} (whole tiles, {} each)", plan.blocks, plan.tiles().div_ceil(plan.blocks))
+    };
+    KernelPlan::new([c.entry(granularity)])
+        .with("tile", format!("{}x{}x{}", c.bm, c.bn(), layout::BK))
+        .with("warps", format!("{}x{}x{}", c.warps_m, c.warps_n, c.warps_k))
+        .with("stages", c.stages)
+        .with("tiles", format!("{}x{}x{}", plan.tiles_m, plan.tiles_n, plan.k_tiles))
+        .with("blocks", blocks)
+        .with("smem", format!("{} B", c.smem_bytes()))
 }
 
 /// A device pointer or null, as a kernel argument.
@@ -244,7 +268,34 @@ impl CudaBackend {
                 ("kernels".into(), format!("NVRTC, sm_{major}{minor}")),
             ],
         };
-        Ok(CudaBackend { info, ctx, stream, functions, sms, total_mem, workspace: Mutex::new(None) })
+        // One wave of persistent blocks: as many as the occupancy calculator says fit per SM (the
+        // per-channel and per-group kernels of a configuration may differ in registers: the fewer).
+        let resident = layout::CONFIGS
+            .iter()
+            .map(|c| {
+                let per_sm = [c.per_channel, c.per_group]
+                    .iter()
+                    .map(|name| {
+                        functions[name].occupancy_max_active_blocks_per_multiprocessor(
+                            THREADS,
+                            c.smem_bytes(),
+                            None,
+                        )
+                    })
+                    .collect::<std::result::Result<Vec<u32>, _>>()
+                    .map_err(|e| driver_err("occupancy of the GEMM kernels", e))?;
+                Ok(sms * per_sm.into_iter().min().unwrap_or(1).max(1) as usize)
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let info = DeviceInfo {
+            details: info
+                .details
+                .into_iter()
+                .chain([("resident blocks (small, medium, large)".into(), format!("{resident:?}"))])
+                .collect(),
+            ..info
+        };
+        Ok(CudaBackend { info, ctx, stream, functions, sms, total_mem, resident, scratch: Mutex::new(None) })
     }
 
     /// The stream all work is queued on (for the benchmark's CUDA-event timers).
@@ -339,16 +390,121 @@ impl CudaBackend {
         })
     }
 
-    fn workspace(&self, len: usize) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<i32>>>> {
-        let mut guard = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|w| w.len() < len) {
-            self.check_alloc("split-K workspace", len * 4)?;
-            *guard = None; // free the old one first
-            // SAFETY: every element the epilogue reads is written by the GEMM launch before it
-            // (split z writes rows < M, all Np columns of its slice).
-            let ws =
-                unsafe { self.stream.alloc::<i32>(len) }.map_err(|e| driver_err("split-K workspace", e))?;
-            *guard = Some(ws);
+    /// The launch `gemm_into` makes for these padded shapes; `forced_blocks` overrides the grid
+    /// (see [`CudaBackend::gemm_into_with_blocks`]).
+    fn plan(&self, m: usize, n_pad: usize, k_pad: usize, forced_blocks: Option<usize>) -> Result<LaunchPlan> {
+        let resident =
+            self.resident[layout::CONFIGS.iter().position(|c| *c == GemmConfig::for_m(m)).unwrap_or(0)];
+        let plan = LaunchPlan::new(m, n_pad, k_pad, resident, forced_blocks)
+            .map_err(|reason| Error::InvalidValue { what: "forced block count", index: 0, reason })?;
+        // The kernel indexes tile × k-tile iterations with ints (blocks ≤ iterations).
+        if plan.iterations() > i32::MAX as usize {
+            return Err(Error::OverDeviceLimit {
+                what: "GEMM iterations (M/bm · N/bn output tiles × K/128 k-tiles)",
+                requested: plan.iterations() as u64,
+                limit: i32::MAX as u64,
+                limit_name: "the kernel's 32-bit iteration index",
+            });
+        }
+        Ok(plan)
+    }
+
+    /// [`Gemm::gemm_into`] with the persistent grid forced to `blocks` (1..=tiles·k-tiles) instead
+    /// of the occupancy-based choice: `blocks` = the tile count gives every block whole tiles (no
+    /// partial sums, the longest pipelines); other counts cut tiles between blocks anywhere. For
+    /// tests and benchmarks; not a tuning knob (the result is the same, bit for bit).
+    #[doc(hidden)]
+    pub fn gemm_into_with_blocks(
+        &self,
+        x: &CudaActivations,
+        w: &CudaWeights,
+        y: &mut CudaOutput,
+        blocks: usize,
+    ) -> Result<()> {
+        self.launch_gemm(x, w, y, Some(blocks))
+    }
+
+    /// The plan `gemm_into_with_blocks(.., blocks)` launches for these shapes (`None`: the
+    /// default grid), for tests that pick block counts by what they exercise.
+    #[doc(hidden)]
+    pub fn launch_plan(&self, m: usize, n: usize, k: usize, blocks: Option<usize>) -> Result<LaunchPlan> {
+        self.plan(m, layout::padded_n(n), layout::padded_k(k), blocks)
+    }
+
+    fn launch_gemm(
+        &self,
+        x: &CudaActivations,
+        w: &CudaWeights,
+        y: &mut CudaOutput,
+        forced_blocks: Option<usize>,
+    ) -> Result<()> {
+        check_gemm_args(self.info.id, x, w, y)?;
+        let (m, n) = (x.m, w.n);
+        let plan = self.plan(m, w.n_pad, w.k_pad, forced_blocks)?;
+        let cfg = plan.config;
+        let entry = cfg.entry(w.granularity);
+        let group_size = w.granularity.group_size().unwrap_or(0) as i32;
+        let (mi, ni, kpi, npi) = (m as i32, n as i32, w.k_pad as i32, w.n_pad as i32);
+        let gs_ptr = ptr_or_null(w.group_scales.as_ref(), &self.stream);
+        let bias_ptr = ptr_or_null(w.bias.as_ref(), &self.stream);
+        let (ws_len, sem_len) =
+            if plan.is_stream_k() { (plan.workspace_len(), plan.tiles()) } else { (1, 1) };
+        let mut scratch = self.stream_k_scratch(ws_len, sem_len)?;
+        let (ws, sem) = scratch.as_mut().expect("scratch allocated above");
+        let launch_cfg = LaunchConfig {
+            grid_dim: (plan.blocks as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: cfg.smem_bytes() as u32,
+        };
+        let mut launch = self.stream.launch_builder(self.function(entry));
+        launch
+            .arg(&x.values)
+            .arg(&x.scales)
+            .arg(&w.words)
+            .arg(&gs_ptr)
+            .arg(&w.channel_scales)
+            .arg(&bias_ptr)
+            .arg(&mut y.data)
+            .arg(ws)
+            .arg(sem)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&kpi)
+            .arg(&npi)
+            .arg(&group_size);
+        // SAFETY: argument order and types match W4A8_GEMM_ENTRY (x: s8[M·Kp], sx: f32[M],
+        // w: chunks [Np/32][Kp/128][512] u32, gs: slots or null, sch: f32[Np], bias: f32[Np] or
+        // null, y: f16[M·N], ws: s32[blocks·2·bm·bn] and sem: u32[tiles] (zero between launches)
+        // when some tile is shared, M, N, Kp, Np, g); the weights were packed for exactly this
+        // Kp/Np and the activations padded to this Kp (both are padded_k(K) of the same K, checked
+        // by check_gemm_args); gridDim.x = plan.blocks, whose ranges the kernel derives as the plan.
+        unsafe { launch.launch(launch_cfg) }.map_err(|e| driver_err(&format!("launch {entry}"), e))?;
+        Ok(())
+    }
+
+    /// The stream-K partial sums (`ws_len` i32) and tile semaphores (`sem_len` u32, all zero: each
+    /// launch's last block resets the ones it used), grown on demand and reused call after call
+    /// (stream order keeps launches from overlapping).
+    fn stream_k_scratch(
+        &self,
+        ws_len: usize,
+        sem_len: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Scratch>>> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|(ws, sem)| ws.len() < ws_len || sem.len() < sem_len) {
+            let (ws_len, sem_len) = match guard.as_ref() {
+                Some((ws, sem)) => (ws_len.max(ws.len()), sem_len.max(sem.len())),
+                None => (ws_len, sem_len),
+            };
+            self.check_alloc("stream-K workspace", ws_len * 4 + sem_len * 4)?;
+            *guard = None; // free the old ones first
+            // SAFETY: every partial sum is written by its block before the tile's semaphore counts
+            // it, and only the last arriving block reads them.
+            let ws = unsafe { self.stream.alloc::<i32>(ws_len) }
+                .map_err(|e| driver_err("stream-K workspace", e))?;
+            let sem =
+                self.stream.alloc_zeros::<u32>(sem_len).map_err(|e| driver_err("stream-K semaphores", e))?;
+            *guard = Some((ws, sem));
         }
         Ok(guard)
     }
@@ -461,79 +617,14 @@ impl Gemm for CudaBackend {
     }
 
     fn gemm_into(&self, x: &CudaActivations, w: &CudaWeights, y: &mut CudaOutput) -> Result<()> {
-        check_gemm_args(self.info.id, x, w, y)?;
-        let (m, n) = (x.m, w.n);
-        let cfg = GemmConfig::for_m(m);
-        let (bx, by) = cfg.grid_mn(m, w.n_pad);
-        if by > 65_535 {
-            return Err(Error::OverDeviceLimit {
-                what: "GEMM row blocks (M / block rows)",
-                requested: by as u64,
-                limit: 65_535,
-                limit_name: "maxGridDimY",
-            });
-        }
-        let splits = cfg.splits(m, w.n_pad, w.k_pad, self.sms);
-        let entry = cfg.entry(w.granularity);
-        let group_size = w.granularity.group_size().unwrap_or(0) as i32;
-        let (mi, ni, kpi, npi) = (m as i32, n as i32, w.k_pad as i32, w.n_pad as i32);
-        let gs_ptr = ptr_or_null(w.group_scales.as_ref(), &self.stream);
-        let bias_ptr = ptr_or_null(w.bias.as_ref(), &self.stream);
-        let ws_len = if splits > 1 { splits * m * w.n_pad } else { 0 };
-        let mut ws_guard = self.workspace(ws_len.max(1))?;
-        let ws = ws_guard.as_mut().expect("workspace allocated above");
-        let launch_cfg = LaunchConfig {
-            grid_dim: (bx as u32, by as u32, splits as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: cfg.smem_bytes() as u32,
-        };
-        {
-            let mut launch = self.stream.launch_builder(self.function(entry));
-            launch
-                .arg(&x.values)
-                .arg(&x.scales)
-                .arg(&w.words)
-                .arg(&gs_ptr)
-                .arg(&w.channel_scales)
-                .arg(&bias_ptr)
-                .arg(&mut y.data)
-                .arg(&mut *ws)
-                .arg(&mi)
-                .arg(&ni)
-                .arg(&kpi)
-                .arg(&npi)
-                .arg(&group_size);
-            // SAFETY: argument order and types match W4A8_GEMM_ENTRY (x: s8[M·Kp], sx: f32[M],
-            // w: chunks [Np/32][Kp/128][512] u32, gs: slots or null, sch: f32[Np], bias: f32[Np] or
-            // null, y: f16[M·N], ws: s32[splits·M·Np] when splits > 1, M, N, Kp, Np, g); the
-            // weights were packed for exactly this Kp/Np and the activations padded to this Kp
-            // (both are padded_k(K) of the same K, checked by check_gemm_args).
-            unsafe { launch.launch(launch_cfg) }.map_err(|e| driver_err(&format!("launch {entry}"), e))?;
-        }
-        if splits > 1 {
-            let total = m * n;
-            let blocks = total.div_ceil(THREADS as usize).min(self.sms * 32) as u32;
-            let splits_i = splits as i32;
-            let mut launch = self.stream.launch_builder(self.function(SPLITK_EPILOGUE));
-            launch
-                .arg(&*ws)
-                .arg(&splits_i)
-                .arg(&x.scales)
-                .arg(&w.channel_scales)
-                .arg(&bias_ptr)
-                .arg(&mut y.data)
-                .arg(&mi)
-                .arg(&ni)
-                .arg(&npi);
-            let cfg =
-                LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: matches w4a8_splitk_epilogue (ws: s32[splits·M·Np] fully written by the GEMM
-            // launch above on the same stream, splits, sx, sch, bias or null, y: f16[M·N], M, N, Np).
-            unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4a8_splitk_epilogue", e))?;
-        }
-        Ok(())
+        self.launch_gemm(x, w, y, None)
     }
 
+    fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan> {
+        check_plan_args(m, n, k, granularity)?;
+        let plan = self.plan(m, layout::padded_n(n), layout::padded_k(k), None)?;
+        Ok(describe_plan(&plan, granularity))
+    }
     fn read_output(&self, y: &CudaOutput) -> Result<Vec<f16>> {
         check_owner("output", y, self.info.id)?;
         self.download("output", &y.data)

@@ -14,7 +14,7 @@ use w4a8_core::{BackendKind, Error, Result};
 
 /// `kernels/w4a8_common.cuh`: helpers, fragment maps, dequantization, epilogue.
 pub const COMMON_SOURCE: &str = include_str!("../../kernels/w4a8_common.cuh");
-/// `kernels/w4a8_gemm.cu`: the GEMM kernels and the split-K epilogue.
+/// `kernels/w4a8_gemm.cu`: the stream-K GEMM kernels.
 pub const GEMM_SOURCE: &str = include_str!("../../kernels/w4a8_gemm.cu");
 /// `kernels/w4a8_quantize.cu`: per-token activation quantization.
 pub const QUANTIZE_SOURCE: &str = include_str!("../../kernels/w4a8_quantize.cu");
@@ -24,14 +24,11 @@ pub const INCLUDE_LINE: &str = "#include \"w4a8_common.cuh\"";
 
 /// Entry point of the activation quantizer.
 pub const QUANTIZE_ACTIVATIONS: &str = "w4a8_quantize_activations";
-/// Entry point of the split-K reduction + epilogue.
-pub const SPLITK_EPILOGUE: &str = "w4a8_splitk_epilogue";
 
 /// Every `extern "C" __global__` entry point of the program: the one table of kernel names.
 /// (The GEMM names are also listed in [`crate::layout::CONFIGS`]; a test checks they agree.)
-pub const KERNELS: [&str; 8] = [
+pub const KERNELS: [&str; 7] = [
     QUANTIZE_ACTIVATIONS,
-    SPLITK_EPILOGUE,
     "w4a8_gemm_small_per_channel",
     "w4a8_gemm_small_per_group",
     "w4a8_gemm_medium_per_channel",

@@ -330,21 +330,140 @@ impl GemmConfig {
             Granularity::PerGroup { .. } => self.per_group,
         }
     }
-    /// Blocks along (N, M) before splitting K.
+    /// Output tiles along (N, M).
     pub fn grid_mn(&self, m: usize, n_pad: usize) -> (usize, usize) {
         (n_pad / self.bn(), m.div_ceil(self.bm))
     }
-    /// How many ways to split K so that `sms` multiprocessors all get several blocks: 4 blocks per
-    /// SM for the memory-bound small configuration, 2 otherwise, never more splits than k-tiles.
-    pub fn splits(&self, m: usize, n_pad: usize, k_pad: usize, sms: usize) -> usize {
-        let (bx, by) = self.grid_mn(m, n_pad);
-        let blocks = bx * by;
-        let per_sm = if self.bm <= 16 { 4 } else { 2 };
-        let target = sms.max(1) * per_sm;
-        if blocks >= target {
-            return 1;
+}
+
+/// Everything one GEMM launch is decided by: the block tiling and the persistent stream-K grid.
+///
+/// The output is cut into `tiles_m × tiles_n` tiles of `bm × bn`; each tile needs `k_tiles` k-tiles
+/// of work, so the launch has `tiles · k_tiles` iterations (tile-major, k-tile minor, n fastest).
+/// Block `b` of `blocks` takes iterations `[b·I/G, (b+1)·I/G)`: a run of segments, each a k-range of
+/// one tile. A segment that covers its tile's whole K writes the output itself; a tile cut between
+/// blocks is finished by whichever of its blocks arrives last (a semaphore per tile), which adds the
+/// others' int32 partial sums (exact, so the order cannot change a bit) and applies the epilogue.
+/// With `blocks = tiles` every block owns whole tiles (no partial sums at all).
+/// [`crate::CudaBackend`] launches exactly this; `kernel_plan` reports it; the emulator runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// The block tiling.
+    pub config: GemmConfig,
+    /// Output tiles along N (`n_pad / bn`).
+    pub tiles_n: usize,
+    /// Output tiles along M (`⌈M / bm⌉`).
+    pub tiles_m: usize,
+    /// k-tiles of `BK` along the padded K.
+    pub k_tiles: usize,
+    /// Persistent blocks (`gridDim.x`).
+    pub blocks: usize,
+}
+
+/// One block's share of one tile: k-tiles `k_lo..k_hi` of tile `tile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Tile index, `tm · tiles_n + tn`.
+    pub tile: usize,
+    /// First k-tile.
+    pub k_lo: usize,
+    /// One past the last k-tile.
+    pub k_hi: usize,
+}
+
+impl LaunchPlan {
+    /// The plan for `m` rows against weights padded to `n_pad` × `k_pad`, when `resident` blocks of
+    /// the chosen configuration fit on the device at once (SMs × blocks per SM): every tile its own
+    /// block when there are at least that many tiles, else exactly `resident` blocks sharing the
+    /// iterations evenly (one wave, no tail). `forced_blocks` overrides the choice (tests and
+    /// benches only): it must lie in 1..=iterations, else `Err` names the valid range.
+    pub fn new(
+        m: usize,
+        n_pad: usize,
+        k_pad: usize,
+        resident: usize,
+        forced_blocks: Option<usize>,
+    ) -> std::result::Result<Self, String> {
+        let config = GemmConfig::for_m(m);
+        let (tiles_n, tiles_m) = config.grid_mn(m, n_pad);
+        let mut plan = LaunchPlan { config, tiles_n, tiles_m, k_tiles: k_pad / BK, blocks: 1 };
+        let iters = plan.iterations();
+        plan.blocks = match forced_blocks {
+            None if plan.tiles() >= resident.max(1) => plan.tiles(),
+            None => resident.max(1).min(iters),
+            Some(b) if (1..=iters).contains(&b) => b,
+            Some(b) => {
+                return Err(format!("{b} blocks requested; this GEMM has {iters} iterations (1..={iters})"));
+            }
+        };
+        Ok(plan)
+    }
+
+    /// Output tiles.
+    pub fn tiles(&self) -> usize {
+        self.tiles_m * self.tiles_n
+    }
+
+    /// Tile × k-tile iterations of the whole launch.
+    pub fn iterations(&self) -> usize {
+        self.tiles() * self.k_tiles
+    }
+
+    /// Iterations `[begin, end)` of block `b`, as the kernel computes them.
+    pub fn range(&self, b: usize) -> (usize, usize) {
+        let (i, g) = (self.iterations() as u128, self.blocks as u128);
+        ((b as u128 * i / g) as usize, ((b as u128 + 1) * i / g) as usize)
+    }
+
+    /// The block whose range holds iteration `i`: the largest `b` with `⌊b·I/G⌋ ≤ i`.
+    pub fn block_of(&self, i: usize) -> usize {
+        let (it, g) = (self.iterations() as u128, self.blocks as u128);
+        (((i as u128 + 1) * g - 1) / it) as usize
+    }
+
+    /// Block `b`'s segments, in the order it runs them.
+    pub fn segments(&self, b: usize) -> Vec<Segment> {
+        let (mut i, end) = self.range(b);
+        let mut out = Vec::new();
+        while i < end {
+            let tile = i / self.k_tiles;
+            let k_lo = i - tile * self.k_tiles;
+            let k_hi = self.k_tiles.min(k_lo + (end - i));
+            out.push(Segment { tile, k_lo, k_hi });
+            i += k_hi - k_lo;
         }
-        target.div_ceil(blocks).clamp(1, k_pad / BK)
+        out
+    }
+
+    /// The first and last block working on `tile`: a tile with `first < last` is finished through
+    /// partial sums and its semaphore.
+    pub fn contributors(&self, tile: usize) -> (usize, usize) {
+        (self.block_of(tile * self.k_tiles), self.block_of((tile + 1) * self.k_tiles - 1))
+    }
+
+    /// Which of block `b`'s two partial-sum slots holds its share of `tile`: 0 when that share
+    /// starts the block's range (its first segment), 1 when it ends it (its last segment).
+    pub fn partial_slot(&self, b: usize, tile: usize) -> usize {
+        usize::from(self.range(b).0 < tile * self.k_tiles)
+    }
+
+    /// Whether some tile is cut between blocks (the launch uses partial sums and semaphores).
+    pub fn is_stream_k(&self) -> bool {
+        (0..self.tiles()).any(|t| {
+            let (f, l) = self.contributors(t);
+            f != l
+        })
+    }
+
+    /// The fewest k-tiles of any segment: below `stages - 1` a segment's pipeline never recycles a
+    /// slot.
+    pub fn min_segment_k_tiles(&self) -> usize {
+        (0..self.blocks).flat_map(|b| self.segments(b)).map(|s| s.k_hi - s.k_lo).min().unwrap_or(0)
+    }
+
+    /// i32 elements of the partial-sum workspace: two slots of `bm × bn` per block.
+    pub fn workspace_len(&self) -> usize {
+        self.blocks * 2 * self.config.bm * self.config.bn()
     }
 }
 
@@ -397,15 +516,53 @@ mod tests {
     }
 
     #[test]
-    fn split_choice_fills_the_machine_and_stays_in_range() {
-        let c = GemmConfig::for_m(1);
-        assert_eq!(c.bm, 16);
-        // 8192 × 28672 on 132 SMs: 128 blocks → 5 splits (≥ 4 blocks per SM), ≤ 224 k-tiles.
-        let s = c.splits(1, 8192, 28672, 132);
-        assert!(128 * s >= 4 * 132 && s <= 28672 / BK);
-        assert_eq!(c.splits(1, 128, 128, 132), 1); // one k-tile: nothing to split
-        assert_eq!(GemmConfig::for_m(4096).splits(4096, 4096, 4096, 132), 1);
+    fn configuration_follows_m() {
+        assert_eq!(GemmConfig::for_m(1).bm, 16);
+        assert_eq!(GemmConfig::for_m(16).bm, 16);
         assert_eq!(GemmConfig::for_m(17).bm, 64);
         assert_eq!(GemmConfig::for_m(65).bm, 128);
+    }
+
+    #[test]
+    fn stream_k_ranges_cover_every_iteration_once_and_name_their_finisher() {
+        // M = 1 on 4096×4096 (64 tiles × 32 k-tiles) with 528 resident blocks: one wave of blocks,
+        // every tile cut between several of them.
+        let p = LaunchPlan::new(1, 4096, 4096, 528, None).unwrap();
+        assert_eq!((p.tiles(), p.blocks), (64, 528));
+        assert!(p.is_stream_k());
+        // 4096 rows: 32 × 32 tiles ≥ 528, so every block owns one whole tile.
+        let p = LaunchPlan::new(4096, 4096, 4096, 264, None).unwrap();
+        assert!(p.blocks == p.tiles() && !p.is_stream_k());
+        assert!(LaunchPlan::new(1, 128, 256, 4, Some(0)).unwrap_err().contains("1..=4"));
+        assert!(LaunchPlan::new(1, 128, 256, 4, Some(5)).is_err());
+        for (m, n_pad, k_pad) in [(1, 256, 4096), (17, 384, 640), (130, 256, 1280)] {
+            let iters = LaunchPlan::new(m, n_pad, k_pad, 1, Some(1)).unwrap().iterations();
+            for blocks in (1..=iters).step_by(3).chain([iters]) {
+                let p = LaunchPlan::new(m, n_pad, k_pad, 1, Some(blocks)).unwrap();
+                let mut seen = vec![0u8; p.iterations()];
+                for b in 0..blocks {
+                    let segs = p.segments(b);
+                    for s in &segs {
+                        let (first, last) = p.contributors(s.tile);
+                        assert!((first..=last).contains(&b));
+                        // A shared tile's slot 1 only for a block's last segment, slot 0 only for
+                        // its first: a block's two shared tiles never collide.
+                        if first != last {
+                            let want = if segs.first() == Some(s) { 0 } else { 1 };
+                            assert_eq!(p.partial_slot(b, s.tile), want, "{p:?} b={b} {s:?}");
+                            assert!(want == 0 || segs.last() == Some(s));
+                        }
+                        for k in s.k_lo..s.k_hi {
+                            seen[s.tile * p.k_tiles + k] += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&c| c == 1), "{p:?}");
+                for i in 0..p.iterations() {
+                    let (lo, hi) = p.range(p.block_of(i));
+                    assert!(lo <= i && i < hi);
+                }
+            }
+        }
     }
 }

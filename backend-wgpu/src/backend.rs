@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU64;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use half::f16;
-use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, next_device_id};
+use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, check_plan_args, next_device_id};
 use w4a8_core::{
-    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, QuantizedActivations, Result,
-    W4A8Weights,
+    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan, QuantizedActivations,
+    Result, W4A8Weights,
 };
 
 use crate::layout::{self, BLOCK_K, PackedChunk};
@@ -30,11 +32,21 @@ pub struct WgpuOptions {
     /// Caps `max_compute_workgroups_per_dimension` the same way (None: the device limit), so that
     /// tests reach the 2-D folding of large dispatches on small shapes.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// The most device memory, in bytes, the backend may hold in live buffers at once (None: no
+    /// budget beyond the driver's own). An allocation that would go past it is refused with
+    /// [`Error::OutOfMemory`] before it reaches the driver; see [`WgpuBackend::device_bytes`].
+    /// Lets a server share a device with other work, and tests reach out-of-memory on any device.
+    pub max_device_bytes: Option<u64>,
 }
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { use_subgroups: true, max_binding_bytes: None, max_workgroups_per_dimension: None }
+        WgpuOptions {
+            use_subgroups: true,
+            max_binding_bytes: None,
+            max_workgroups_per_dimension: None,
+            max_device_bytes: None,
+        }
     }
 }
 
@@ -58,6 +70,27 @@ pub enum TimerKind {
     Host,
 }
 
+/// A buffer this backend created, counted in [`WgpuBackend::device_bytes`] from creation until its
+/// handle is dropped (wgpu itself may keep the memory a little longer, until the GPU is done with it).
+pub(crate) struct DeviceBuffer {
+    buffer: wgpu::Buffer,
+    /// The backend's count of live bytes, shared by every buffer it made.
+    live: Arc<AtomicU64>,
+}
+
+impl Deref for DeviceBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.buffer.size(), Ordering::AcqRel);
+    }
+}
+
 /// Prepared weights: the shader layout split into column chunks that each fit one storage binding,
 /// plus the channel scales and bias for the epilogue.
 pub struct WgpuWeights {
@@ -66,16 +99,16 @@ pub struct WgpuWeights {
     k: usize,
     granularity: Granularity,
     chunks: Vec<WeightChunk>,
-    channel_scales: wgpu::Buffer,
-    bias: Option<wgpu::Buffer>,
+    channel_scales: DeviceBuffer,
+    bias: Option<DeviceBuffer>,
 }
 
 struct WeightChunk {
     n0: usize,
     nc: usize,
-    qweight: wgpu::Buffer,
+    qweight: DeviceBuffer,
     /// Packed u8 group scales, or a 4-byte placeholder per channel.
-    group_scales: wgpu::Buffer,
+    group_scales: DeviceBuffer,
 }
 
 impl WgpuWeights {
@@ -103,8 +136,8 @@ pub struct WgpuActivations {
     device_id: u64,
     m: usize,
     k: usize,
-    values: wgpu::Buffer,
-    scales: wgpu::Buffer,
+    values: DeviceBuffer,
+    scales: DeviceBuffer,
 }
 
 impl DeviceTensor for WgpuActivations {
@@ -121,7 +154,7 @@ pub struct WgpuOutput {
     device_id: u64,
     m: usize,
     n: usize,
-    buffer: wgpu::Buffer,
+    buffer: DeviceBuffer,
 }
 
 impl WgpuOutput {
@@ -146,7 +179,7 @@ pub struct F16Matrix {
     device_id: u64,
     rows: usize,
     cols: usize,
-    buffer: wgpu::Buffer,
+    buffer: DeviceBuffer,
 }
 
 impl DeviceTensor for F16Matrix {
@@ -236,8 +269,23 @@ const EPI_WG: usize = 256;
 /// rows (Kp bytes, Kp multiple of 32), scales (4 bytes) and output rows (even f16 count) stay
 /// multiples of 256 bytes, the largest `min_storage_buffer_offset_alignment` WebGPU allows.
 const ROW_CHUNK_ALIGN: usize = 128;
+/// How long [`WgpuBackend::loss_or`] waits for a destroyed device's loss to be reported.
+#[cfg(not(target_arch = "wasm32"))]
+const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a readback waits for its mapping callback after the device has finished its work.
+#[cfg(not(target_arch = "wasm32"))]
+const READBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The small-M kernel aims at this many workgroups (64 invocations each) through split-K.
 const SMALL_M_TARGET_WORKGROUPS: usize = 1024;
+
+/// The split-K of the small-M kernel over one weight chunk of `nc` columns: (k-blocks per split,
+/// splits), aiming at [`SMALL_M_TARGET_WORKGROUPS`] workgroups.
+fn small_m_splits(nc: usize, kb_total: usize) -> (usize, usize) {
+    let n_tiles = nc.div_ceil(SMALL_M_COLS);
+    let splits_wanted = SMALL_M_TARGET_WORKGROUPS.div_ceil(n_tiles).clamp(1, kb_total);
+    let kb_per_split = kb_total.div_ceil(splits_wanted);
+    (kb_per_split, kb_total.div_ceil(kb_per_split))
+}
 
 /// One compute dispatch, ready to record.
 struct Dispatch {
@@ -247,6 +295,17 @@ struct Dispatch {
 }
 
 /// The wgpu backend: one adapter, its device and queue, compiled shader modules and a pipeline cache.
+///
+/// # Threads
+///
+/// On native targets `WgpuBackend` is `Send + Sync` and may be shared by any number of threads:
+/// wgpu's device and queue are themselves `Send + Sync` (wgpu serializes access internally); the
+/// pipeline cache and the device-lost flag sit behind mutexes and the live-byte count is atomic;
+/// every call allocates its own transient buffers (split-K accumulators, uniforms, readback
+/// staging), so concurrent calls share no mutable state; and wgpu's error scopes are per thread,
+/// so each call captures its own errors. The handles ([`WgpuWeights`], [`WgpuActivations`],
+/// [`WgpuOutput`], [`F16Matrix`]) are `Send + Sync` too. On wasm32 wgpu's types are neither, and
+/// neither is this backend (the browser's device belongs to one thread).
 pub struct WgpuBackend {
     info: DeviceInfo,
     device: wgpu::Device,
@@ -259,6 +318,10 @@ pub struct WgpuBackend {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
     pipelines: Mutex<HashMap<(&'static str, u32), wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Bytes in the live buffers this backend created (see [`DeviceBuffer`]).
+    live_bytes: Arc<AtomicU64>,
+    /// [`WgpuOptions::max_device_bytes`].
+    budget: Option<u64>,
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -437,7 +500,11 @@ impl WgpuBackend {
             let lost = lost.clone();
             device.set_device_lost_callback(move |reason, message| {
                 if let Ok(mut slot) = lost.lock() {
-                    *slot = Some(format!("{reason:?}: {message}"));
+                    *slot = Some(if message.is_empty() {
+                        format!("{reason:?}")
+                    } else {
+                        format!("{reason:?}: {message}")
+                    });
                 }
             });
         }
@@ -476,6 +543,8 @@ impl WgpuBackend {
             modules: HashMap::new(),
             pipelines: Mutex::new(HashMap::new()),
             lost,
+            live_bytes: Arc::new(AtomicU64::new(0)),
+            budget: options.max_device_bytes,
         };
         for spec in shaders::MODULES {
             if spec.needs_subgroups && !subgroups {
@@ -533,6 +602,28 @@ impl WgpuBackend {
         }
     }
 
+    /// `error`, unless the device is being lost: then [`Error::DeviceLost`].
+    ///
+    /// wgpu reports a destroyed device only once its queue has drained, from a maintenance step
+    /// that may run in any thread; until then calls fail with symptoms (an invalid buffer, a failed
+    /// mapping). So before returning such an error, drain the queue and wait (at most
+    /// [`LOSS_SETTLE`]) for the device-lost callback to land. A real validation error on a healthy
+    /// device pays that wait once; it only happens on a bug.
+    fn loss_or(&self, error: Error) -> Error {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let start = std::time::Instant::now();
+            while start.elapsed() < LOSS_SETTLE {
+                if let Err(lost) = self.check_lost() {
+                    return lost;
+                }
+                let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        self.check_lost().err().unwrap_or(error)
+    }
+
     /// Runs `f` inside out-of-memory and validation error scopes; a captured error becomes
     /// [`Error::Backend`] (or [`Error::DeviceLost`] once the device is gone).
     fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -543,7 +634,10 @@ impl WgpuBackend {
         let v = block_on(validation.pop())?;
         let o = block_on(oom.pop())?;
         self.check_lost()?;
-        if let Some(e) = v.or(o) {
+        if let Some(e) = v {
+            return Err(self.loss_or(backend_error(e.to_string())));
+        }
+        if let Some(e) = o {
             return Err(backend_error(e.to_string()));
         }
         result
@@ -606,14 +700,14 @@ impl WgpuBackend {
     ///
     /// Created empty and filled through the queue rather than mapped at creation: on a lost
     /// device a mapped-at-creation buffer makes wgpu panic, this way it is a captured error.
-    fn buffer_with(&self, what: &'static str, data: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    fn buffer_with(
+        &self,
+        what: &'static str,
+        data: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<DeviceBuffer> {
         let size = (data.len() as u64).max(4).next_multiple_of(4);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(what),
-            size,
-            usage: usage | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let buffer = self.create_buffer(what, size, usage | wgpu::BufferUsages::COPY_DST)?;
         if data.len() as u64 == size {
             self.queue.write_buffer(&buffer, 0, data);
         } else {
@@ -621,7 +715,58 @@ impl WgpuBackend {
             padded.resize(size as usize, 0);
             self.queue.write_buffer(&buffer, 0, &padded);
         }
-        buffer
+        Ok(buffer)
+    }
+
+    /// Every buffer of the backend is made here: counted in [`WgpuBackend::device_bytes`], held to
+    /// [`WgpuOptions::max_device_bytes`], and refused with [`Error::OutOfMemory`] (not a later
+    /// validation error) when the budget or the driver says no.
+    fn create_buffer(
+        &self,
+        what: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<DeviceBuffer> {
+        let oom =
+            |reason: String| Error::OutOfMemory { backend: Some(BACKEND), what, requested: size, reason };
+        match self.budget {
+            // Reserve before creating, atomically, so that threads racing for the last bytes cannot
+            // both pass.
+            Some(budget) => {
+                self.live_bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                        live.checked_add(size).filter(|&total| total <= budget)
+                    })
+                    .map_err(|live| {
+                        oom(format!("the backend's budget is {budget} bytes, {live} are in use"))
+                    })?;
+            }
+            None => {
+                self.live_bytes.fetch_add(size, Ordering::AcqRel);
+            }
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = DeviceBuffer {
+            buffer: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }),
+            live: self.live_bytes.clone(),
+        };
+        match block_on(scope.pop())? {
+            Some(e) => Err(oom(format!("the driver refused it: {e}"))),
+            None => Ok(buffer),
+        }
+    }
+
+    /// Bytes in the device buffers this backend holds right now: prepared weights, activations,
+    /// outputs, and the transient buffers of calls in progress (split-K accumulators, uniforms,
+    /// readback staging). Returns to the same value whenever the same handles are live, so a
+    /// long-running process can watch it for leaks; [`WgpuOptions::max_device_bytes`] caps it.
+    pub fn device_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Acquire)
     }
 
     /// A storage buffer holding `data`.
@@ -630,22 +775,21 @@ impl WgpuBackend {
         what: &'static str,
         data: &[u8],
         extra: wgpu::BufferUsages,
-    ) -> Result<wgpu::Buffer> {
+    ) -> Result<DeviceBuffer> {
         self.check_buffer(what, data.len() as u64)?;
-        Ok(self.buffer_with(what, data, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra))
+        self.buffer_with(what, data, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra)
     }
 
-    fn storage_empty(&self, what: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+    fn storage_empty(&self, what: &'static str, bytes: u64) -> Result<DeviceBuffer> {
         self.check_buffer(what, bytes)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(what),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        }))
+        self.create_buffer(
+            what,
+            bytes.max(4).next_multiple_of(4),
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        )
     }
 
-    fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
+    fn uniform<T: bytemuck::Pod>(&self, params: &T) -> Result<DeviceBuffer> {
         self.buffer_with("w4a8 params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
     }
 
@@ -706,19 +850,18 @@ impl WgpuBackend {
     fn wait(&self) -> Result<()> {
         let r = self.device.poll(wgpu::PollType::wait_indefinitely());
         self.check_lost()?;
-        r.map(|_| ()).map_err(|e| backend_error(format!("waiting for the device: {e}")))
+        r.map(|_| ()).map_err(|e| self.loss_or(backend_error(format!("waiting for the device: {e}"))))
     }
 
     /// Copies `size` bytes at `offset` of `src` back to the host.
     fn read_bytes(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let size = size.next_multiple_of(4).max(4);
         let staging = self.scoped(|| {
-            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("w4a8 readback"),
+            let staging = self.create_buffer(
+                "w4a8 readback",
                 size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?;
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
             self.queue.submit([encoder.finish()]);
@@ -735,21 +878,42 @@ impl WgpuBackend {
             });
         }
         self.wait()?;
-        let outcome = done.lock().map_err(|_| backend_error("readback flag poisoned"))?.take();
+        let taken =
+            || done.lock().map(|mut slot| slot.take()).map_err(|_| backend_error("readback flag poisoned"));
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))] // only native targets poll again
+        let mut outcome = taken()?;
+        // With several threads polling, the wait above can return while another thread's poll is
+        // still delivering this mapping's callback: poll until it lands (or the device is lost).
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let start = std::time::Instant::now();
+            while outcome.is_none() && start.elapsed() < READBACK_TIMEOUT {
+                self.check_lost()?;
+                std::thread::yield_now();
+                let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+                outcome = taken()?;
+            }
+        }
         match outcome {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                self.check_lost()?;
-                return Err(backend_error(format!("mapping the readback buffer: {e}")));
+                return Err(self.loss_or(backend_error(format!("mapping the readback buffer: {e}"))));
             }
+            #[cfg(target_arch = "wasm32")]
             None => {
                 return Err(unavailable("the readback did not complete synchronously (wasm32 needs async)"));
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            None => {
+                return Err(self.loss_or(backend_error(format!(
+                    "the readback's mapping callback did not arrive within {READBACK_TIMEOUT:?}"
+                ))));
             }
         }
         let bytes = staging
             .slice(..)
             .get_mapped_range()
-            .map_err(|e| backend_error(format!("reading the mapped buffer: {e}")))?
+            .map_err(|e| self.loss_or(backend_error(format!("reading the mapped buffer: {e}"))))?
             .to_vec();
         staging.unmap();
         Ok(bytes)
@@ -765,7 +929,7 @@ impl WgpuBackend {
         w: &WgpuWeights,
         y: &WgpuOutput,
         kernel: GemmKernel,
-    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+    ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         check_gemm_args(self.info.id, x, w, y)?;
         let small = match kernel {
             GemmKernel::Auto => x.m <= shaders::SMALL_M_MAX,
@@ -780,13 +944,13 @@ impl WgpuBackend {
         x: &WgpuActivations,
         w: &WgpuWeights,
         y: &WgpuOutput,
-    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+    ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         let (m, n, k) = (x.m, w.n, w.k);
         let kp = layout::padded_k(k);
         let kb_total = kp / BLOCK_K;
-        let acc_bytes = (m * n * 4) as u64;
+        let acc_bytes = bytes_of_dims(m, n, 4);
         self.check_binding("split-K int32 accumulators (M·N·4 bytes)", acc_bytes)?;
-        self.check_binding("activations (M·Kp bytes)", (m * kp) as u64)?;
+        self.check_binding("activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
         self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
         let acc = self.storage_empty("w4a8 accumulators", acc_bytes)?;
         let mut dispatches = Vec::new();
@@ -803,7 +967,7 @@ impl WgpuBackend {
             count: (m * n) as u32,
             pad: [0; 3],
         };
-        let zero_params = self.uniform(&ep);
+        let zero_params = self.uniform(&ep)?;
         dispatches.push(Dispatch {
             bind_group: self.bind(&zero, &[zero_params.as_entire_binding(), acc.as_entire_binding()]),
             pipeline: zero,
@@ -817,9 +981,7 @@ impl WgpuBackend {
             let pipeline = self.pipeline(entry::GEMM_SMALL_M, shaders::GEMM_SMALL_M.name, Some(tm))?;
             for ch in &w.chunks {
                 let n_tiles = ch.nc.div_ceil(SMALL_M_COLS);
-                let splits_wanted = SMALL_M_TARGET_WORKGROUPS.div_ceil(n_tiles).clamp(1, kb_total);
-                let kb_per_split = kb_total.div_ceil(splits_wanted);
-                let splits = kb_total.div_ceil(kb_per_split);
+                let (kb_per_split, splits) = small_m_splits(ch.nc, kb_total);
                 let params = self.uniform(&SmallMParams {
                     m: rows as u32,
                     n_chunk: ch.nc as u32,
@@ -833,7 +995,7 @@ impl WgpuBackend {
                     sg_stride: ch.nc.div_ceil(4) as u32,
                     x_stride: (kp / 4) as u32,
                     m0: row0 as u32,
-                });
+                })?;
                 let bind_group = self.bind(
                     &pipeline,
                     &[
@@ -854,7 +1016,7 @@ impl WgpuBackend {
         }
 
         let epi = self.pipeline(entry::EPILOGUE, shaders::EPILOGUE.name, None)?;
-        let epi_params = self.uniform(&EpilogueParams { count: (m * y_stride) as u32, ..ep });
+        let epi_params = self.uniform(&EpilogueParams { count: (m * y_stride) as u32, ..ep })?;
         let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
         dispatches.push(Dispatch {
             bind_group: self.bind(
@@ -880,7 +1042,7 @@ impl WgpuBackend {
         x: &WgpuActivations,
         w: &WgpuWeights,
         y: &WgpuOutput,
-    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+    ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         let (m, n, k) = (x.m, w.n, w.k);
         let kp = layout::padded_k(k);
         let y_stride = n.div_ceil(2);
@@ -917,7 +1079,7 @@ impl WgpuBackend {
                     x_stride: (kp / 4) as u32,
                     y_stride: y_stride as u32,
                     has_bias: w.bias.is_some() as u32,
-                });
+                })?;
                 let bind_group = self.bind(
                     &pipeline,
                     &[
@@ -941,6 +1103,21 @@ impl WgpuBackend {
         }
         keep.push(dummy_bias);
         Ok((dispatches, keep))
+    }
+
+    /// Weight columns per chunk: as many as one storage binding holds (`prepare` splits N by it).
+    fn weight_chunk_columns(&self, k: usize) -> Result<usize> {
+        let bytes_per_col = (layout::padded_k(k) / 2) as u64;
+        let max_cols = (self.max_binding.min(self.limits.max_buffer_size) / bytes_per_col) as usize;
+        if max_cols < layout::CHUNK_ALIGN_N {
+            return Err(Error::OverDeviceLimit {
+                what: "64 weight columns (one binding)",
+                requested: bytes_per_col * layout::CHUNK_ALIGN_N as u64,
+                limit: self.max_binding,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(max_cols)
     }
 
     /// [`Gemm::gemm_into`] with an explicit kernel choice (benches and tests pin one).
@@ -980,12 +1157,11 @@ impl WgpuBackend {
                 ty: wgpu::QueryType::Timestamp,
                 count: 2,
             });
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("w4a8 timestamps"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
+            let resolve = self.create_buffer(
+                "w4a8 timestamps",
+                16,
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            )?;
             let period = self.queue.get_timestamp_period() as f64 * 1e-9;
             for _ in 0..runs {
                 self.scoped(|| {
@@ -1043,7 +1219,7 @@ impl WgpuBackend {
         x: &F16Matrix,
         w: &F16Matrix,
         y: &WgpuOutput,
-    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+    ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         check_owner("f16 activations", x, self.info.id)?;
         check_owner("f16 weights", w, self.info.id)?;
         check_owner("output", y, self.info.id)?;
@@ -1063,7 +1239,7 @@ impl WgpuBackend {
             n_tiles: n_tiles as u32,
             y_stride: n.div_ceil(2) as u32,
             pad: 0,
-        });
+        })?;
         let bind_group = self.bind(
             &pipeline,
             &[
@@ -1116,6 +1292,39 @@ impl WgpuBackend {
     }
 }
 
+// The thread-safety contract documented on `WgpuBackend`, checked at compile time (native only).
+#[cfg(not(target_arch = "wasm32"))]
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<WgpuBackend>();
+    assert_send_sync::<WgpuWeights>();
+    assert_send_sync::<WgpuActivations>();
+    assert_send_sync::<WgpuOutput>();
+    assert_send_sync::<F16Matrix>();
+};
+
+/// `a · b · elem_bytes` in u64, saturating: sizes are computed in u64 so that they cannot wrap on
+/// 32-bit targets (wasm32), and a product past u64 is over every limit rather than small.
+fn bytes_of_dims(a: usize, b: usize, elem_bytes: u64) -> u64 {
+    (a as u64).saturating_mul(b as u64).saturating_mul(elem_bytes)
+}
+
+/// A host vector of `len` copies of `fill`, or [`Error::OutOfMemory`] (host) when `len` does not fit
+/// `usize` or the allocator refuses, instead of an abort.
+fn host_vec<T: Clone>(what: &'static str, len: u64, fill: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    usize::try_from(len).ok().and_then(|n| v.try_reserve_exact(n).ok()).ok_or_else(|| {
+        Error::OutOfMemory {
+            backend: None,
+            what,
+            requested: len.saturating_mul(std::mem::size_of::<T>() as u64),
+            reason: "host staging copy".into(),
+        }
+    })?;
+    v.resize(len as usize, fill);
+    Ok(v)
+}
+
 /// Binds rows `row0 .. row0 + rows` of a buffer of `per_row`-byte rows.
 fn row_slice(buf: &wgpu::Buffer, row0: usize, rows: usize, per_row: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -1149,16 +1358,7 @@ impl Gemm for WgpuBackend {
 
     fn prepare(&self, weights: &W4A8Weights) -> Result<WgpuWeights> {
         let (n, k) = (weights.n(), weights.k());
-        let bytes_per_col = (layout::padded_k(k) / 2) as u64;
-        let max_cols = (self.max_binding.min(self.limits.max_buffer_size) / bytes_per_col) as usize;
-        if max_cols < layout::CHUNK_ALIGN_N {
-            return Err(Error::OverDeviceLimit {
-                what: "64 weight columns (one binding)",
-                requested: bytes_per_col * layout::CHUNK_ALIGN_N as u64,
-                limit: self.max_binding,
-                limit_name: "max_storage_buffer_binding_size",
-            });
-        }
+        let max_cols = self.weight_chunk_columns(k)?;
         self.scoped(|| {
             let chunks = layout::chunk_ranges(n, max_cols)
                 .into_iter()
@@ -1227,8 +1427,8 @@ impl Gemm for WgpuBackend {
             return Err(e);
         }
         let kp = layout::padded_k(k);
-        self.check_binding("f16 activations (M·K·2 bytes)", (m * k * 2) as u64)?;
-        self.check_binding("int8 activations (M·Kp bytes)", (m * kp) as u64)?;
+        self.check_binding("f16 activations (M·K·2 bytes)", bytes_of_dims(m, k, 2))?;
+        self.check_binding("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
         let module = if self.subgroups { shaders::QUANTIZE_SUBGROUP } else { shaders::QUANTIZE_SHARED };
         let entry_point = if self.subgroups { entry::QUANTIZE_SUBGROUP } else { entry::QUANTIZE };
         self.scoped(|| {
@@ -1242,7 +1442,7 @@ impl Gemm for WgpuBackend {
                 bytemuck::cast_slice(smooth.unwrap_or(&[1.0])),
                 wgpu::BufferUsages::empty(),
             )?;
-            let values = self.storage_empty("w4a8 int8 activations", (m * kp) as u64)?;
+            let values = self.storage_empty("w4a8 int8 activations", bytes_of_dims(m, kp, 1))?;
             let scales = self.storage_empty("w4a8 activation scales", (m * 4) as u64)?;
             let pipeline = self.pipeline(entry_point, module.name, None)?;
             let params = self.uniform(&QuantParams {
@@ -1250,7 +1450,7 @@ impl Gemm for WgpuBackend {
                 k: k as u32,
                 x_stride: (kp / 4) as u32,
                 has_smooth: smooth.is_some() as u32,
-            });
+            })?;
             let bind_group = self.bind(
                 &pipeline,
                 &[
@@ -1270,8 +1470,8 @@ impl Gemm for WgpuBackend {
     fn upload_activations(&self, x: &QuantizedActivations) -> Result<WgpuActivations> {
         let (m, k) = (x.m(), x.k());
         let kp = layout::padded_k(k);
-        self.check_buffer("int8 activations (M·Kp bytes)", (m * kp) as u64)?;
-        let mut padded = vec![0i8; m * kp];
+        self.check_buffer("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
+        let mut padded = host_vec("padded int8 activations", bytes_of_dims(m, kp, 1), 0i8)?;
         for (dst, src) in padded.chunks_mut(kp).zip(x.values().chunks(k)) {
             dst[..k].copy_from_slice(src);
         }
@@ -1307,7 +1507,7 @@ impl Gemm for WgpuBackend {
         // Saturating: a product past u64 is over any limit, and must be refused rather than wrap.
         let bytes = (m as u64).saturating_mul(stride as u64).saturating_mul(2);
         self.check_buffer("output (M·Np·2 bytes)", bytes)?;
-        let data = vec![fill; m * stride];
+        let data = host_vec("output fill", bytes / 2, fill)?;
         let buffer = self.scoped(|| {
             self.storage_init("w4a8 output", bytemuck::cast_slice(&data), wgpu::BufferUsages::COPY_DST)
         })?;
@@ -1316,6 +1516,24 @@ impl Gemm for WgpuBackend {
 
     fn gemm_into(&self, x: &WgpuActivations, w: &WgpuWeights, y: &mut WgpuOutput) -> Result<()> {
         self.gemm_with(x, w, y, GemmKernel::Auto)
+    }
+
+    fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan> {
+        check_plan_args(m, n, k, granularity)?;
+        let chunks = layout::chunk_ranges(n, self.weight_chunk_columns(k)?);
+        let kb_total = layout::padded_k(k) / BLOCK_K;
+        let plan = if m <= shaders::SMALL_M_MAX {
+            let (kb_per_split, splits) = small_m_splits(chunks[0].1, kb_total);
+            let tm = shaders::SMALL_M_TILES.iter().find(|&&t| t as usize >= m).unwrap_or(&16);
+            KernelPlan::new([entry::ZERO_ACCUMULATORS, entry::GEMM_SMALL_M, entry::EPILOGUE])
+                .with("rows", tm)
+                .with("columns per workgroup", SMALL_M_COLS)
+                .with("k per split", kb_per_split * BLOCK_K)
+                .with("splits", splits)
+        } else {
+            KernelPlan::new([entry::GEMM_TILED]).with("tile", format!("{TILE}x{TILE}x{BLOCK_K}"))
+        };
+        Ok(plan.with("weight chunks", chunks.len()))
     }
 
     fn read_output(&self, y: &WgpuOutput) -> Result<Vec<f16>> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
+use w4a8_benches::check::check_w4a8;
 use w4a8_benches::data::{random_f32, random_quantized_activations, random_weights};
-use w4a8_benches::report::check_w4a8;
 use w4a8_core::oracle::reference_gemm;
 use w4a8_core::pack::{pack_int4, unpack_int4};
 use w4a8_core::quantize::{quantize_activations, quantize_weights_rtn};

@@ -1,5 +1,6 @@
-//! The CPU adapter: the oracle through the [`Gemm`] trait, timed by the host clock around
-//! `synchronize`, with plain rayon f16 and int8 GEMMs beside it as peers.
+//! The CPU adapter: the oracle through the [`Gemm`] trait, with plain rayon f16 and int8 GEMMs beside
+//! it as peers. There is no launch to hide: kernel time is the host clock around runs back to back,
+//! and whole-call time the host clock around one.
 //!
 //! Its timings mean nothing about any GPU and are labelled so; it exists so that `--quick --backend
 //! cpu` exercises every code path of the report (ceilings, peers, checks, table, JSON, plot) in CI.
@@ -11,7 +12,7 @@ use rayon::prelude::*;
 use w4a8_core::{BackendKind, CpuOracle, Error, Gemm, Result};
 
 use crate::backend::{
-    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, HostData,
+    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, GemmRun, HostData,
 };
 use crate::data::random_i8;
 
@@ -59,21 +60,22 @@ impl BenchBackend for CpuBench {
             name: info.name.clone(),
             driver: "none (host code)".into(),
             details,
-            timer: "host clock around gemm_into + synchronize".into(),
+            kernel_timer: "host clock around the batch's gemm_into calls + synchronize, per run".into(),
             meaningless: Some("CPU oracle: a correctness reference, not a tuned kernel".into()),
         }
     }
 
-    fn time_gemm(
+    fn time_gemm_batch(
         &self,
-        x: &<CpuOracle as Gemm>::Activations,
-        w: &<CpuOracle as Gemm>::Weights,
+        runs: &[GemmRun<'_, CpuOracle>],
         y: &mut <CpuOracle as Gemm>::Output,
     ) -> Result<f64> {
         let start = Instant::now();
-        self.oracle.gemm_into(x, w, y)?;
+        for (x, w) in runs {
+            self.oracle.gemm_into(x, w, y)?;
+        }
         self.oracle.synchronize()?;
-        Ok(start.elapsed().as_secs_f64())
+        Ok(start.elapsed().as_secs_f64() / runs.len().max(1) as f64)
     }
 
     fn copy_op(&self, bytes: usize) -> Result<Box<dyn CopyOp + '_>> {
@@ -94,18 +96,20 @@ struct HostCopy {
 
 impl CopyOp for HostCopy {
     fn method(&self) -> String {
-        "host memcpy (copy_from_slice), host clock".into()
+        "host memcpy (copy_from_slice), host clock around copies back to back".into()
     }
 
     fn bytes(&self) -> usize {
         self.src.len()
     }
 
-    fn run_timed(&mut self) -> Result<f64> {
+    fn time_batch(&mut self, runs: usize) -> Result<f64> {
         let start = Instant::now();
-        self.dst.copy_from_slice(&self.src);
-        std::hint::black_box(&mut self.dst);
-        Ok(start.elapsed().as_secs_f64())
+        for _ in 0..runs.max(1) {
+            self.dst.copy_from_slice(&self.src);
+            std::hint::black_box(&mut self.dst);
+        }
+        Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
     }
 
     fn verify(&mut self) -> Result<bool> {
@@ -205,6 +209,7 @@ impl<T: PeerElem> BaselineGemm for CpuPeer<T> {
         let v = T::take(data).ok_or_else(|| cpu_err(format!("{} got the wrong element type", T::NAME)))?;
         self.m = m;
         self.activations.push(v);
+        self.out.resize(m * self.n, 0.0);
         Ok(())
     }
 
@@ -217,20 +222,32 @@ impl<T: PeerElem> BaselineGemm for CpuPeer<T> {
         self.out.clear();
     }
 
-    fn run_timed(&mut self, set: usize) -> Result<f64> {
+    fn run(&mut self, set: usize) -> Result<()> {
         if self.weights.is_empty() || self.activations.is_empty() {
             return Err(cpu_err("run before any weights and activations were added"));
         }
         let (n, k) = (self.n, self.k);
         let w = &self.weights[set % self.weights.len()];
         let x = &self.activations[set % self.activations.len()];
-        self.out.resize(self.m * n, 0.0);
-        let start = Instant::now();
         self.out.par_chunks_mut(n).zip(x.par_chunks(k)).for_each(|(yrow, xrow)| {
             for (y, wrow) in yrow.iter_mut().zip(w.chunks(k)) {
                 *y = T::dot(xrow, wrow);
             }
         });
+        Ok(())
+    }
+
+    fn time_batch(&mut self, first_set: usize, runs: usize) -> Result<f64> {
+        let start = Instant::now();
+        for i in first_set..first_set + runs.max(1) {
+            self.run(i)?;
+        }
+        Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+    }
+
+    fn time_call(&mut self, set: usize) -> Result<f64> {
+        let start = Instant::now();
+        self.run(set)?;
         Ok(start.elapsed().as_secs_f64())
     }
 

@@ -1,18 +1,27 @@
 //! The CUDA adapter (feature `cuda`): the W4A8 kernels through the `Gemm` trait, cuBLAS FP16 and
-//! cuBLASLt INT8 (W8A8) as peers, a device-to-device `memcpy` for the bandwidth ceiling, all timed by
-//! CUDA events recorded on the backend's one stream.
+//! cuBLASLt INT8 (W8A8) as peers, a device-to-device `memcpy` for the bandwidth ceiling, all on the
+//! backend's one stream.
+//!
+//! Kernel time is [`EventTimer::time_runs`]: a host function holds the stream while the host queues
+//! a batch of runs between two CUDA events, then lets it go, so the runs execute back to back and the
+//! events bracket GPU work only — launch latency, cudarc's event bookkeeping and cuBLAS's host work
+//! stay outside even when queueing a run takes longer than running it. cuBLASLt's descriptors and
+//! algorithm are made when the activations are added, before any timing, and cached per shape.
+//! Whole-call time is the host clock around one call + `cuStreamSynchronize`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::f16;
 use w4a8_core::{BackendKind, Error, Gemm, Result};
 use w4a8_cuda::CudaBackend;
-use w4a8_cuda::baselines::{CublasF16Gemm, CublasLtI8Gemm, EventTimer};
+use w4a8_cuda::baselines::{CublasF16Gemm, CublasLtI8Gemm};
 
 use crate::backend::{
-    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, HostData,
+    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, GemmRun, HostData,
 };
+use crate::cuda_timer::{EventTimer, MAX_GATED_RUNS};
 use crate::data::random_i8;
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -41,11 +50,18 @@ impl CudaBench {
         self.backend.stream()
     }
 
-    /// Device time of `f` (queued on the backend's stream) in seconds, between two CUDA events.
-    fn time(&self, f: impl FnOnce() -> Result<()>) -> Result<f64> {
-        self.timer.start()?;
+    /// Host clock, in seconds, around `f` (which queues work on the backend's stream) and the wait
+    /// for that work, starting from an idle stream.
+    fn host_time(&self, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let start = Instant::now();
         f()?;
-        Ok(self.timer.stop_ms()? as f64 * 1e-3)
+        self.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream().synchronize().map_err(|e| cuda_err("cuStreamSynchronize", e))
     }
 }
 
@@ -68,18 +84,21 @@ impl BenchBackend for CudaBench {
             name: info.name.clone(),
             driver: format!("CUDA driver {driver}"),
             details: info.details.iter().filter(|(k, _)| k != "driver").cloned().collect(),
-            timer: "CUDA events on the backend's stream".into(),
+            kernel_timer: format!(
+                "CUDA events around runs queued back to back behind a host-function gate on the backend's \
+                 stream (at most {} runs per gate), per run",
+                MAX_GATED_RUNS
+            ),
             meaningless: None,
         }
     }
 
-    fn time_gemm(
+    fn time_gemm_batch(
         &self,
-        x: &<CudaBackend as Gemm>::Activations,
-        w: &<CudaBackend as Gemm>::Weights,
+        runs: &[GemmRun<'_, CudaBackend>],
         y: &mut <CudaBackend as Gemm>::Output,
     ) -> Result<f64> {
-        self.time(|| self.backend.gemm_into(x, w, y))
+        self.timer.time_runs(runs.len(), |i| self.backend.gemm_into(runs[i].0, runs[i].1, y))
     }
 
     fn copy_op(&self, bytes: usize) -> Result<Box<dyn CopyOp + '_>> {
@@ -105,16 +124,18 @@ struct CudaCopy<'a> {
 
 impl CopyOp for CudaCopy<'_> {
     fn method(&self) -> String {
-        "cuMemcpyDtoDAsync, CUDA events".into()
+        "cuMemcpyDtoDAsync, CUDA events around copies queued back to back behind a gate".into()
     }
 
     fn bytes(&self) -> usize {
         self.host.len()
     }
 
-    fn run_timed(&mut self) -> Result<f64> {
-        let (stream, src, dst) = (self.bench.stream().clone(), &self.src, &mut self.dst);
-        self.bench.time(|| stream.memcpy_dtod(src, dst).map_err(|e| cuda_err("cuMemcpyDtoD", e)))
+    fn time_batch(&mut self, runs: usize) -> Result<f64> {
+        let (stream, src, dst) = (self.bench.stream(), &self.src, &mut self.dst);
+        self.bench
+            .timer
+            .time_runs(runs, |_| stream.memcpy_dtod(src, dst).map_err(|e| cuda_err("cuMemcpyDtoD", e)))
     }
 
     fn verify(&mut self) -> Result<bool> {
@@ -134,6 +155,8 @@ trait CuGemm {
     const ACCUMULATION: Accumulation;
     /// The host slice of this peer's element type, or `None` for the other type.
     fn take(data: HostData<'_>) -> Option<&[Self::In]>;
+    /// Makes whatever a call at (M, N, K) needs besides the GEMM itself, before any timing.
+    fn prepare(&mut self, mnk: (usize, usize, usize)) -> Result<()>;
     /// `y (M×N) = x (M×K) · wᵀ`, queued on the backend's stream.
     fn run(
         &mut self,
@@ -153,6 +176,10 @@ impl CuGemm for CublasF16Gemm {
     const ACCUMULATION: Accumulation = Accumulation::F32;
     fn take(data: HostData<'_>) -> Option<&[f16]> {
         if let HostData::F16(v) = data { Some(v) } else { None }
+    }
+    fn prepare(&mut self, _mnk: (usize, usize, usize)) -> Result<()> {
+        // cublasGemmEx takes its whole configuration per call; there is nothing to make ahead.
+        Ok(())
     }
     fn run(
         &mut self,
@@ -176,6 +203,9 @@ impl CuGemm for CublasLtI8Gemm {
     const ACCUMULATION: Accumulation = Accumulation::Int32;
     fn take(data: HostData<'_>) -> Option<&[i8]> {
         if let HostData::I8(v) = data { Some(v) } else { None }
+    }
+    fn prepare(&mut self, (m, n, k): (usize, usize, usize)) -> Result<()> {
+        CublasLtI8Gemm::prepare(self, m, n, k)
     }
     fn run(
         &mut self,
@@ -212,6 +242,18 @@ impl<'a, G: CuGemm> CudaPeer<'a, G> {
         let v =
             G::take(data).ok_or_else(|| cuda_err(what, format!("{} got the wrong element type", G::NAME)))?;
         self.bench.stream().clone_htod(v).map_err(|e| cuda_err(what, e))
+    }
+}
+
+impl<G: CuGemm> CudaPeer<'_, G> {
+    /// Queues run `set`: activation and weight set `set` (mod their counts) into the output. The
+    /// GEMM call alone; the output and any per-shape plan exist already.
+    fn enqueue(&mut self, set: usize) -> Result<()> {
+        let (Some(y), false, false) = (self.y.as_mut(), self.x.is_empty(), self.w.is_empty()) else {
+            return Err(cuda_err(G::NAME, "run before weights and activations were added"));
+        };
+        let (x, w) = (&self.x[set % self.x.len()], &self.w[set % self.w.len()]);
+        self.gemm.run(x, w, y, (self.m, self.n, self.k))
     }
 }
 
@@ -255,7 +297,16 @@ impl<G: CuGemm> BaselineGemm for CudaPeer<'_, G> {
         let buf = self.upload("peer activations", data)?;
         self.m = m;
         self.x.push(buf);
-        Ok(())
+        if self.y.as_ref().is_none_or(|y| y.len() != m * self.n) {
+            self.y = None;
+            let y = self
+                .bench
+                .stream()
+                .alloc_zeros::<G::Out>(m * self.n)
+                .map_err(|e| cuda_err("peer output", e))?;
+            self.y = Some(y);
+        }
+        self.gemm.prepare((m, self.n, self.k))
     }
 
     fn clear_weights(&mut self) {
@@ -267,21 +318,19 @@ impl<G: CuGemm> BaselineGemm for CudaPeer<'_, G> {
         self.y = None;
     }
 
-    fn run_timed(&mut self, set: usize) -> Result<f64> {
-        if self.w.is_empty() || self.x.is_empty() {
-            return Err(cuda_err(G::NAME, "run before weights and activations were added"));
-        }
-        let (m, n, k) = (self.m, self.n, self.k);
-        if self.y.as_ref().is_none_or(|y| y.len() != m * n) {
-            self.y = None;
-            self.y = Some(
-                self.bench.stream().alloc_zeros::<G::Out>(m * n).map_err(|e| cuda_err("peer output", e))?,
-            );
-        }
-        let (x, w) = (&self.x[set % self.x.len()], &self.w[set % self.w.len()]);
-        let y = self.y.as_mut().expect("allocated above");
-        let gemm = &mut self.gemm;
-        self.bench.time(|| gemm.run(x, w, y, (m, n, k)))
+    fn run(&mut self, set: usize) -> Result<()> {
+        self.enqueue(set)?;
+        self.bench.synchronize()
+    }
+
+    fn time_batch(&mut self, first_set: usize, runs: usize) -> Result<f64> {
+        let bench = self.bench;
+        bench.timer.time_runs(runs, |i| self.enqueue(first_set + i))
+    }
+
+    fn time_call(&mut self, set: usize) -> Result<f64> {
+        let bench = self.bench;
+        bench.host_time(|| self.enqueue(set))
     }
 
     fn read_output(&mut self) -> Result<Vec<f64>> {

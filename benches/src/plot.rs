@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::report::{BackendReport, RowKind};
+use crate::model::{BackendReport, RowKind};
 
 /// One plotted line: a label and its (M, speedup) points.
 struct Series {

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use crate::markdown::{device_block, method, table};
-use crate::report::Report;
+use crate::model::Report;
 
 /// The line in RESULTS.md after which sections are appended; a file without it is refused, so that a
 /// mistyped path does not grow some other file.
@@ -75,9 +75,10 @@ pub fn append_results(path: &Path, r: &Report) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RunConfig;
     use crate::cpu::CpuBench;
     use crate::meta::RunMeta;
-    use crate::report::{RunConfig, run_backend};
+    use crate::run::run_backend;
 
     /// A real CPU run, then relabelled as if it were a full GPU run, to exercise the accepting path.
     fn run_as_if_gpu() -> Report {

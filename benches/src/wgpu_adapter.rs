@@ -1,6 +1,11 @@
-//! The wgpu adapter (feature `wgpu`): the W4A8 shaders through [`WgpuBackend::time_gemm`] (timestamp
-//! queries written at the start and end of the compute pass when the adapter has them), our WGSL f16
-//! GEMM as the FP16 peer, and `copy_buffer_to_buffer` for the bandwidth ceiling.
+//! The wgpu adapter (feature `wgpu`): the W4A8 shaders, our WGSL f16 GEMM as the FP16 peer, and
+//! `copy_buffer_to_buffer` for the bandwidth ceiling.
+//!
+//! Kernel time is [`WgpuBackend::time_gemm`] (and `time_f16_gemm`): timestamp queries written at the
+//! start and end of the compute pass, one submission per run, so submit and wait are outside the
+//! figure — when the adapter has timestamp queries; otherwise it is the host clock around submit +
+//! wait, and the device record says so. Whole-call time is the host clock around `gemm_into` (or
+//! `f16_gemm`) + `synchronize`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -10,7 +15,7 @@ use w4a8_core::{BackendKind, Error, Gemm, Result};
 use w4a8_wgpu::{F16Matrix, GemmKernel, TimerKind, WgpuBackend, WgpuOutput, wgpu};
 
 use crate::backend::{
-    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, HostData,
+    Accumulation, BaselineGemm, BaselineKind, BenchBackend, CopyOp, DeviceRecord, GemmRun, HostData,
 };
 use crate::data::random_i8;
 
@@ -58,8 +63,14 @@ impl BenchBackend for WgpuBench {
         let info = self.backend.info();
         let device_type = self.detail("device type").unwrap_or_default();
         let timer = match self.backend.timer_kind() {
-            TimerKind::DeviceTimestamps => "wgpu timestamp queries at compute-pass begin/end",
-            TimerKind::Host => "host clock around submit + wait (adapter has no timestamp queries)",
+            TimerKind::DeviceTimestamps => {
+                "wgpu timestamp queries at compute-pass begin/end, one submission per run (submit and wait \
+                 outside the figure)"
+            }
+            TimerKind::Host => {
+                "host clock around submit + wait, one submission per run (the adapter has no timestamp \
+                 queries: launch overhead is inside the kernel time)"
+            }
         };
         // A CPU adapter is a software rasterizer (lavapipe, llvmpipe, WARP, SwiftShader).
         let meaningless = (device_type == "Cpu")
@@ -69,19 +80,22 @@ impl BenchBackend for WgpuBench {
             name: info.name.clone(),
             driver: self.detail("driver").unwrap_or_else(|| "not reported".into()),
             details: info.details.iter().filter(|(k, _)| k != "driver").cloned().collect(),
-            timer: timer.into(),
+            kernel_timer: timer.into(),
             meaningless,
         }
     }
 
-    fn time_gemm(
+    fn time_gemm_batch(
         &self,
-        x: &<WgpuBackend as Gemm>::Activations,
-        w: &<WgpuBackend as Gemm>::Weights,
+        runs: &[GemmRun<'_, WgpuBackend>],
         y: &mut <WgpuBackend as Gemm>::Output,
     ) -> Result<f64> {
-        let t = self.backend.time_gemm(x, w, y, GemmKernel::Auto, 1)?;
-        t.first().copied().ok_or_else(|| wgpu_err("time_gemm returned no time"))
+        let mut total = 0.0;
+        for (x, w) in runs {
+            let t = self.backend.time_gemm(x, w, y, GemmKernel::Auto, 1)?;
+            total += t.first().copied().ok_or_else(|| wgpu_err("time_gemm returned no time"))?;
+        }
+        Ok(total / runs.len().max(1) as f64)
     }
 
     fn copy_op(&self, bytes: usize) -> Result<Box<dyn CopyOp + '_>> {
@@ -113,11 +127,6 @@ impl BenchBackend for WgpuBench {
     }
 }
 
-/// Copies per submission: wgpu has no timestamp outside a pass without an optional feature, so the
-/// copy is timed by the host clock around several back-to-back copies, which amortizes the
-/// submit-and-wait overhead.
-const COPIES_PER_SUBMIT: u32 = 8;
-
 struct WgpuCopy<'a> {
     bench: &'a WgpuBench,
     src: wgpu::Buffer,
@@ -128,17 +137,19 @@ struct WgpuCopy<'a> {
 
 impl CopyOp for WgpuCopy<'_> {
     fn method(&self) -> String {
-        format!("copy_buffer_to_buffer, host clock around {COPIES_PER_SUBMIT} copies in one submission")
+        // wgpu has no timestamp outside a pass without an optional feature, so the copies are timed by
+        // the host clock around one submission of many, which amortizes the submit and the wait.
+        "copy_buffer_to_buffer, host clock around one submission of copies back to back".into()
     }
 
     fn bytes(&self) -> usize {
         self.bytes as usize
     }
 
-    fn run_timed(&mut self) -> Result<f64> {
+    fn time_batch(&mut self, runs: usize) -> Result<f64> {
         let device = self.bench.backend.device();
         let mut encoder = device.create_command_encoder(&Default::default());
-        for _ in 0..COPIES_PER_SUBMIT {
+        for _ in 0..runs.max(1) {
             encoder.copy_buffer_to_buffer(&self.src, 0, &self.dst, 0, self.bytes);
         }
         let commands = encoder.finish();
@@ -146,7 +157,7 @@ impl CopyOp for WgpuCopy<'_> {
         let start = Instant::now();
         self.bench.backend.queue().submit([commands]);
         self.bench.wait()?;
-        Ok(start.elapsed().as_secs_f64() / COPIES_PER_SUBMIT as f64)
+        Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
     }
 
     fn verify(&mut self) -> Result<bool> {
@@ -192,6 +203,17 @@ struct WgpuF16Peer<'a> {
     y: Option<WgpuOutput>,
 }
 
+impl WgpuF16Peer<'_> {
+    /// Activation and weight set `set` (mod their counts) and the output.
+    fn operands(&mut self, set: usize) -> Result<(&F16Matrix, &F16Matrix, &mut WgpuOutput)> {
+        if self.w.is_empty() || self.x.is_empty() {
+            return Err(wgpu_err("f16 GEMM run before weights and activations were added"));
+        }
+        let y = self.y.as_mut().ok_or_else(|| wgpu_err("f16 GEMM output not allocated"))?;
+        Ok((&self.x[set % self.x.len()], &self.w[set % self.w.len()], y))
+    }
+}
+
 impl BaselineGemm for WgpuF16Peer<'_> {
     fn name(&self) -> String {
         "WGSL f16 GEMM (ours)".into()
@@ -214,7 +236,15 @@ impl BaselineGemm for WgpuF16Peer<'_> {
 
     fn add_activations(&mut self, m: usize, k: usize, data: HostData<'_>) -> Result<()> {
         let HostData::F16(v) = data else { return Err(wgpu_err("the f16 GEMM takes f16 activations")) };
+        let n = self
+            .w
+            .first()
+            .map(|w| w4a8_core::DeviceTensor::shape(w).0)
+            .ok_or_else(|| wgpu_err("f16 GEMM activations added before weights"))?;
         self.x.push(self.backend.upload_f16(v, m, k)?);
+        if self.y.as_ref().is_none_or(|y| w4a8_core::DeviceTensor::shape(y) != (m, n)) {
+            self.y = Some(self.backend.alloc_output(m, n, f16::NAN)?);
+        }
         Ok(())
     }
 
@@ -227,18 +257,31 @@ impl BaselineGemm for WgpuF16Peer<'_> {
         self.y = None;
     }
 
-    fn run_timed(&mut self, set: usize) -> Result<f64> {
-        if self.w.is_empty() || self.x.is_empty() {
-            return Err(wgpu_err("f16 GEMM run before weights and activations were added"));
+    fn run(&mut self, set: usize) -> Result<()> {
+        let backend = self.backend;
+        let (x, w, y) = self.operands(set)?;
+        backend.f16_gemm(x, w, y)?;
+        backend.synchronize()
+    }
+
+    fn time_batch(&mut self, first_set: usize, runs: usize) -> Result<f64> {
+        let (backend, mut total) = (self.backend, 0.0);
+        for set in first_set..first_set + runs.max(1) {
+            let (x, w, y) = self.operands(set)?;
+            let t = backend.time_f16_gemm(x, w, y, 1)?;
+            total += t.first().copied().ok_or_else(|| wgpu_err("time_f16_gemm returned no time"))?;
         }
-        let (x, w) = (&self.x[set % self.x.len()], &self.w[set % self.w.len()]);
-        let (m, n) = (w4a8_core::DeviceTensor::shape(x).0, w4a8_core::DeviceTensor::shape(w).0);
-        if self.y.as_ref().is_none_or(|y| w4a8_core::DeviceTensor::shape(y) != (m, n)) {
-            self.y = Some(self.backend.alloc_output(m, n, f16::NAN)?);
-        }
-        let y = self.y.as_mut().expect("allocated above");
-        let t = self.backend.time_f16_gemm(x, w, y, 1)?;
-        t.first().copied().ok_or_else(|| wgpu_err("time_f16_gemm returned no time"))
+        Ok(total / runs.max(1) as f64)
+    }
+
+    fn time_call(&mut self, set: usize) -> Result<f64> {
+        let backend = self.backend;
+        backend.synchronize()?;
+        let (x, w, y) = self.operands(set)?;
+        let start = Instant::now();
+        backend.f16_gemm(x, w, y)?;
+        backend.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
     }
 
     fn read_output(&mut self) -> Result<Vec<f64>> {

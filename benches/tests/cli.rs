@@ -30,9 +30,21 @@ fn quick_cpu_run_writes_table_json_and_plot() {
         stdout.lines().filter(|l| l.starts_with("| 72×128") || l.starts_with("| 200×384")).collect();
     assert_eq!(rows.len(), 16, "{stdout}");
     assert!(rows.iter().all(|r| r.contains("| ok ")), "{stdout}");
+    // Both times, and a plan for each W4A8 row (P-numbers, each listed under the table).
+    assert!(stdout.contains("| kernel µs | call µs |"), "{stdout}");
+    let w4a8_rows: Vec<&&str> = rows.iter().filter(|r| r.contains("W4A8")).collect();
+    assert_eq!(w4a8_rows.len(), 8);
+    assert!(w4a8_rows.iter().all(|r| r.contains("| P")), "{stdout}");
+    assert!(stdout.contains("- P1: `oracle gemm_int8"), "{stdout}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["backends"][0]["rows"].as_array().unwrap().len(), 16);
+    let json_rows = json["backends"][0]["rows"].as_array().unwrap();
+    assert_eq!(json_rows.len(), 16);
+    for r in json_rows {
+        assert!(r["kernel_time"]["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["call_time"]["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["plan"].is_string(), r["kind"].get("W4A8").is_some(), "{r}");
+    }
     assert!(json["meta"]["command"].as_str().unwrap().contains("--quick"));
     let svg = std::fs::read_to_string(out.join("speedup-cpu.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("vs FP16"));

@@ -12,12 +12,18 @@
 //!    backend independent and live in `tests/format.rs`).
 //! 5. [`bad_input_is_rejected`]: each error variant reachable through the trait is returned, and the
 //!    backend still computes correctly afterwards.
+//! 6. [`concurrent_gemms_match_serial`]: one backend shared by many threads, GEMMs of different
+//!    shapes at once, every result bit-equal to the single-threaded run.
+//!
+//! [`soak`] holds the long-run driver (thousands of prepare/quantize/GEMM/read cycles with memory
+//! sampled), generic over the backend like the properties.
 //!
 //! A backend compiled in that finds no device is skipped with a printed reason, unless
 //! `W4A8_REQUIRE` (a comma-separated list such as `wgpu,cuda`) names it: then it fails.
 //! `W4A8_CASES` scales the number of generated cases (a multiplier, default 1).
 
 pub mod inputs;
+pub mod soak;
 
 use std::io::Write;
 
@@ -27,7 +33,7 @@ use w4a8_core::oracle::{f16_ulp_distance, reference_gemm};
 use w4a8_core::quantize::quantize_activations;
 use w4a8_core::{BackendKind, DeviceTensor, Error, Gemm, MAX_K, QuantizedActivations, Result, W4A8Weights};
 
-use inputs::{GemmShape, Rng, f16_activations, gemm_inputs, gemm_shapes};
+use inputs::{GemmShape, Rng, f16_activations, gemm_inputs, gemm_shapes, weights};
 
 pub use w4a8_core;
 
@@ -363,6 +369,148 @@ pub fn bad_input_is_rejected<B: Gemm>(make: impl Fn() -> Result<B>) {
     still_works(&other, "being the other device");
 }
 
+/// The GEMM problems of [`concurrent_gemms_match_serial`] and of [`soak::long_run`]: decode and
+/// prefill M (both wgpu kernels), N and K tails, every granularity, with and without bias.
+pub fn mixed_shapes() -> Vec<GemmShape> {
+    use w4a8_core::Granularity::*;
+    let g = |group_size| PerGroup { group_size };
+    [
+        (1, 64, 128, g(128), true),
+        (3, 33, 96, g(32), false),
+        (16, 96, 256, g(64), true),
+        (17, 40, 72, PerChannel, true),
+        (70, 65, 256, g(256), false),
+        (5, 130, 40, PerChannel, false),
+        (1, 7, 13, PerChannel, true),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (m, n, k, granularity, bias))| GemmShape { m, n, k, granularity, bias, seed: 600 + i as u64 })
+    .collect()
+}
+
+/// f16 activations (quantized by the backend itself in each run) and weights of a shape.
+pub fn mixed_inputs(s: &GemmShape) -> (Vec<f16>, W4A8Weights) {
+    let mut rng = Rng::new(s.seed);
+    let (x, _) = f16_activations(&mut rng, s.m, s.k, false);
+    (x, weights(&mut rng, s.n, s.k, s.granularity, s.bias))
+}
+
+/// One GEMM from the host's point of view: quantize `x` on the device, multiply by prepared `w` into
+/// an output poisoned with NaN, read back.
+pub fn quantize_gemm_read<B: Gemm>(b: &B, x: &[f16], s: &GemmShape, w: &B::Weights) -> Result<Vec<f16>> {
+    let xq = b.quantize_activations(x, s.m, s.k, None)?;
+    let mut y = b.alloc_output(s.m, s.n, f16::NAN)?;
+    b.gemm_into(&xq, w, &mut y)?;
+    b.read_output(&y)
+}
+
+/// What [`concurrent_gemms_match_serial`] ran.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyReport {
+    /// The backend's device name.
+    pub device: String,
+    /// Threads sharing the one backend.
+    pub threads: usize,
+    /// GEMMs each thread ran (quantize + GEMM + read back; every other one on weights it prepared itself).
+    pub gemms_per_thread: usize,
+    /// Distinct shapes among them.
+    pub shapes: usize,
+    /// Wall time of the concurrent phase.
+    pub seconds: f64,
+}
+
+/// Property 6: one backend shared by `threads` threads, each running `gemms` GEMMs of different
+/// shapes at once (quantize on the device, GEMM, read back), alternately against weights prepared
+/// once and shared by every thread and against weights the thread prepares itself. Every result
+/// must be bit-equal to the same GEMM run single-threaded beforehand (which is itself checked
+/// against the oracle), and no call may fail.
+///
+/// The bounds are the contract: a backend is `Sync` (shared by reference across threads) and its
+/// prepared weights are `Sync` (one prepared model serves every thread).
+pub fn concurrent_gemms_match_serial<B>(b: &B, threads: usize, gemms: usize) -> ConcurrencyReport
+where
+    B: Gemm + Sync,
+    B::Weights: Sync,
+{
+    let name = &b.info().name;
+    let shapes = mixed_shapes();
+    let inputs: Vec<_> = shapes.iter().map(mixed_inputs).collect();
+    let shared: Vec<B::Weights> =
+        inputs.iter().map(|(_, w)| b.prepare(w).unwrap_or_else(|e| panic!("{name}: prepare: {e}"))).collect();
+    // The single-threaded run, each result checked against the oracle on the activations the
+    // backend quantized.
+    let serial: Vec<Vec<f16>> = shapes
+        .iter()
+        .zip(&inputs)
+        .zip(&shared)
+        .map(|((s, (x, w)), wd)| {
+            let got = quantize_gemm_read(b, x, s, wd).unwrap_or_else(|e| panic!("{name}: serial: {e}"));
+            let xq = b.read_activations(&b.quantize_activations(x, s.m, s.k, None).unwrap()).unwrap();
+            let want = reference_gemm(&xq, w).unwrap();
+            check_within_one_ulp(&got, &want, s.n).unwrap_or_else(|e| panic!("{name}: serial {s:?}: {e}"));
+            got
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let outcomes: Vec<std::result::Result<(), String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (shapes, inputs, shared, serial) = (&shapes, &inputs, &shared, &serial);
+                scope.spawn(move || -> std::result::Result<(), String> {
+                    for g in 0..gemms {
+                        // A different order per thread, so different shapes run at the same time.
+                        let i = (t * 3 + g * (t + 1)) % shapes.len();
+                        let (s, (x, w)) = (&shapes[i], &inputs[i]);
+                        let own;
+                        let wd = if g % 2 == 0 {
+                            &shared[i]
+                        } else {
+                            own = b.prepare(w).map_err(|e| format!("thread {t}, GEMM {g}: prepare: {e}"))?;
+                            &own
+                        };
+                        let got = quantize_gemm_read(b, x, s, wd)
+                            .map_err(|e| format!("thread {t}, GEMM {g} ({s:?}): {e}"))?;
+                        if let Some(j) = got.iter().zip(&serial[i]).position(|(a, c)| a.to_bits() != c.to_bits()) {
+                            return Err(format!(
+                                "thread {t}, GEMM {g} ({s:?}): Y[{}, {}] = {} but the single-threaded run gave {}",
+                                j / s.n,
+                                j % s.n,
+                                got[j],
+                                serial[i][j]
+                            ));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let failures: Vec<String> = outcomes.into_iter().filter_map(std::result::Result::err).collect();
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {threads} threads failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let report = ConcurrencyReport {
+        device: name.clone(),
+        threads,
+        gemms_per_thread: gemms,
+        shapes: shapes.len(),
+        seconds,
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "{name}: {threads} threads x {gemms} GEMMs ({} shapes) at once, every result bit-equal to the \
+         single-threaded run ({seconds:.2} s)",
+        report.shapes
+    );
+    report
+}
+
 /// Instantiates every property for one backend: `backend_suite!(module, BackendKind, Type, constructor)`.
 /// The constructor returns `Result<Type>`; an unavailable backend skips (or fails under `W4A8_REQUIRE`).
 #[macro_export]
@@ -418,6 +566,15 @@ macro_rules! backend_suite {
             fn bad_input_is_rejected() {
                 if open().is_some() {
                     $crate::bad_input_is_rejected($make);
+                }
+            }
+
+            #[test]
+            fn concurrent_gemms_match_serial() {
+                if let Some(b) = open() {
+                    let (threads, gemms) =
+                        if $kind == $crate::w4a8_core::BackendKind::Cpu { (8, 24) } else { (8, 16) };
+                    $crate::concurrent_gemms_match_serial(&b, threads, gemms);
                 }
             }
         }

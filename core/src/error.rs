@@ -124,6 +124,23 @@ pub enum Error {
         /// The name of the limit, as the API calls it.
         limit_name: &'static str,
     },
+    /// An allocation was refused: by the host allocator (`backend` is `None`), by a device's driver,
+    /// or because it would take a backend past the memory budget it was opened with. Returned before
+    /// anything is written, so earlier results and the backend stay usable.
+    #[error(
+        "out of {} memory: {what} needs {requested} bytes ({reason})",
+        .backend.map_or("host", BackendKind::name)
+    )]
+    OutOfMemory {
+        /// The backend whose device memory ran out, or `None` for host memory.
+        backend: Option<BackendKind>,
+        /// What was being allocated.
+        what: &'static str,
+        /// The size of the refused allocation, in bytes.
+        requested: u64,
+        /// Why: the budget and what is in use, or what the allocator or driver said.
+        reason: String,
+    },
     /// No usable device for this backend (no driver, no adapter, an unsupported GPU).
     #[error("{backend} backend unavailable: {reason}")]
     Unavailable {

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use half::f16;
 
 use crate::error::{BackendKind, Error, Result};
-use crate::format::{QuantizedActivations, W4A8Weights, check_finite, check_k, check_len, check_nonzero};
+use crate::format::{
+    Granularity, QuantizedActivations, W4A8Weights, check_finite, check_k, check_len, check_nonzero,
+};
 
 /// A buffer or prepared tensor that lives on one device.
 pub trait DeviceTensor {
@@ -29,6 +31,48 @@ pub struct DeviceInfo {
     pub details: Vec<(String, String)>,
 }
 
+/// Which kernels a backend launches for one GEMM, and with what configuration.
+///
+/// Printed beside every benchmark figure and by `w4a8 info --plan`, so that a time is never
+/// attributed to the wrong kernel. `Display` gives one line:
+/// `w4a8_gemm_small_per_group (tile 16x64x128, splits 5, stages 6, grid 128x1x5)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelPlan {
+    /// Entry points launched, in launch order (e.g. a GEMM, then a split-K reduction).
+    pub kernels: Vec<String>,
+    /// The configuration as (key, value) pairs: tile, splits, stages, grid, …
+    pub config: Vec<(String, String)>,
+}
+
+impl KernelPlan {
+    /// A plan of the given kernels with no configuration yet.
+    pub fn new<S: Into<String>>(kernels: impl IntoIterator<Item = S>) -> Self {
+        KernelPlan { kernels: kernels.into_iter().map(Into::into).collect(), config: Vec::new() }
+    }
+
+    /// Adds one (key, value) pair.
+    pub fn with(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.config.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// The value of `key`, if the plan has it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.config.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+impl std::fmt::Display for KernelPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kernels.join(" + "))?;
+        if !self.config.is_empty() {
+            let parts: Vec<String> = self.config.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// A fresh, process-unique device id.
 pub fn next_device_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -42,6 +86,16 @@ pub fn next_device_id() -> u64 {
 ///
 /// The arithmetic is fixed by the format (see the crate docs): per-token int8 activations, int4
 /// weights, exact int32 accumulation, then `f16(((f32(acc) · s_x[m]) · s_ch[n]) + bias[n])`.
+///
+/// # Threads
+///
+/// Every backend of this workspace is `Send + Sync`, and so are its handle types: one backend
+/// serves any number of threads through `&self`, prepared weights are shared by reference (one
+/// model, many request threads), and each call's result is bit-equal to the same call made alone
+/// (conformance property `concurrent_gemms_match_serial`). An output is written through `&mut`,
+/// so two threads never write the same output at once. The trait itself does not demand
+/// `Send + Sync`, so a single-threaded backend (a browser's WebGPU device on wasm32) can implement
+/// it; code that shares a backend states the bound, as the conformance property does.
 pub trait Gemm {
     /// Weights repacked into this backend's layout and uploaded.
     type Weights: DeviceTensor;
@@ -81,6 +135,10 @@ pub trait Gemm {
     /// `y = x · wᵀ (+ bias)` with the fused epilogue. Every element of `y` is written.
     fn gemm_into(&self, x: &Self::Activations, w: &Self::Weights, y: &mut Self::Output) -> Result<()>;
 
+    /// The kernels and configuration [`Gemm::gemm_into`] runs for `m` rows against N×K weights of
+    /// this granularity (the same shape checks as [`Gemm::prepare`]; nothing is launched).
+    fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan>;
+
     /// Copies an output back to the host, M×N row-major.
     fn read_output(&self, y: &Self::Output) -> Result<Vec<f16>>;
 
@@ -100,6 +158,15 @@ pub trait Gemm {
         let y = self.gemm(&xq, w)?;
         self.read_output(&y)
     }
+}
+
+/// The shape checks behind every [`Gemm::kernel_plan`]: M, N and K non-zero, K within the exactness
+/// bound and a multiple of the group size.
+pub fn check_plan_args(m: usize, n: usize, k: usize, granularity: Granularity) -> Result<()> {
+    check_nonzero("M", m)?;
+    check_nonzero("N", n)?;
+    check_k(k)?;
+    granularity.validate(k)
 }
 
 /// Refuses a handle made by another device.

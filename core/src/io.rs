@@ -2,15 +2,18 @@
 //! reading float (f32/f16/bf16) linear weights for quantization.
 //!
 //! Layout of a W4A8 file, per layer `NAME`:
-//! - tensors `NAME.qweight` U32 [N, ⌈K/8⌉], `NAME.channel_scales` F32 [N],
-//!   `NAME.group_scales` U8 [K/g, N] (per group only), `NAME.bias` F32 [N] (optional),
-//!   `NAME.smooth` F32 [K] (optional: the activation multiplier of a smoothed layer, applied by
+//! - tensors `NAME.qweight` U32 `[N, ⌈K/8⌉]`, `NAME.channel_scales` F32 `[N]`,
+//!   `NAME.group_scales` U8 `[K/g, N]` (per group only), `NAME.bias` F32 `[N]` (optional),
+//!   `NAME.smooth` F32 `[K]` (optional: the activation multiplier of a smoothed layer, applied by
 //!   [`crate::Gemm::quantize_activations`] before quantizing);
 //! - metadata `format = "w4a8"`, `version = "1"`, `NAME.k = K`, `NAME.granularity =
 //!   "per-channel" | "g32" | "g64" | "g128" | "g256"`.
 //!
 //! Loading validates every invariant of [`W4A8Weights`]; a malformed or truncated file is an
-//! [`Error::Format`], never a panic.
+//! [`Error::Format`], never a panic. Every byte of a file is untrusted: the readers allocate in
+//! proportion to the bytes actually present, whatever the header claims, and are fuzzed
+//! (`fuzz/fuzz_targets`). Paths are read with [`read_file`] (regular files only, no unbounded
+//! reads) and written with [`write_file_atomically`] (a crash never leaves a half-written file).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -205,16 +208,84 @@ pub fn layers_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, Layer>> {
     Ok(layers)
 }
 
-/// Writes named layers to a W4A8 safetensors file.
+/// Writes named layers to a W4A8 safetensors file, atomically (see [`write_file_atomically`]): a
+/// crash or a failed write leaves either the previous file or the complete new one, never a
+/// truncated file.
 pub fn save_layers(path: impl AsRef<Path>, layers: &BTreeMap<String, Layer>) -> Result<()> {
-    let path = path.as_ref();
-    std::fs::write(path, layers_to_bytes(layers)?).map_err(|e| io_err(path, e))
+    write_file_atomically(path.as_ref(), &layers_to_bytes(layers)?)
 }
 
 /// Reads a W4A8 safetensors file.
 pub fn load_layers(path: impl AsRef<Path>) -> Result<BTreeMap<String, Layer>> {
-    let path = path.as_ref();
-    layers_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
+    layers_from_bytes(&read_file(path.as_ref())?)
+}
+
+/// Replaces `path` with `bytes` so that no reader, and no crash, ever sees a partial file.
+///
+/// The bytes go to a temporary file in the same folder (`.NAME.PID.N.tmp`, same filesystem, so the
+/// rename is atomic), which is flushed to disk and then renamed over `path`. On an error the
+/// temporary file is removed and `path` is untouched. A process killed mid-write leaves its
+/// temporary file behind, never a half-written `path`.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| {
+        io_err(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))
+    })?;
+    // Unique per process and per call, so concurrent writers of one path never share a file.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(target_arch = "wasm32"))]
+    let pid = std::process::id();
+    #[cfg(target_arch = "wasm32")]
+    let pid = 0; // no processes there (`process::id` would panic); the call counter suffices
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{pid}.{call}.tmp"));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path, e));
+    }
+    // Make the rename itself durable where the platform allows syncing a directory.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Reads a whole regular file, refusing what cannot be held instead of aborting: a path that is
+/// not a regular file (a device such as `/dev/zero` would never end) is an [`Error::Io`], and a
+/// file larger than the allocator can provide is [`Error::OutOfMemory`] before anything is read.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let meta = file.metadata().map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        return Err(io_err(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let len = meta.len();
+    let mut bytes = Vec::new();
+    usize::try_from(len).ok().and_then(|n| bytes.try_reserve_exact(n).ok()).ok_or_else(|| {
+        Error::OutOfMemory {
+            backend: None,
+            what: "file contents",
+            requested: len,
+            reason: format!("reading {}", path.display()),
+        }
+    })?;
+    // `take`: a file that grows while it is read cannot make this allocate past its length.
+    file.take(len).read_to_end(&mut bytes).map_err(|e| io_err(path, e))?;
+    Ok(bytes)
 }
 
 /// A float tensor read from a model file, converted to f32.
@@ -245,8 +316,7 @@ pub fn float_tensors_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, FloatTe
 
 /// Reads the float tensors of a safetensors file ([`float_tensors_from_bytes`]).
 pub fn load_float_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, FloatTensor>> {
-    let path = path.as_ref();
-    float_tensors_from_bytes(&std::fs::read(path).map_err(|e| io_err(path, e))?)
+    float_tensors_from_bytes(&read_file(path.as_ref())?)
 }
 
 /// Writes f32 tensors as a safetensors file image (for calibration data and tests).

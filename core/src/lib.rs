@@ -27,6 +27,6 @@ pub use error::{BackendKind, Error, Result};
 pub use format::{
     DEFAULT_GROUP_SIZE, GROUP_SIZES, Granularity, MAX_GROUP_SCALE, MAX_K, QuantizedActivations, W4A8Weights,
 };
-pub use gemm::{DeviceInfo, DeviceTensor, Gemm};
+pub use gemm::{DeviceInfo, DeviceTensor, Gemm, KernelPlan};
 pub use half::f16;
 pub use oracle::CpuOracle;

@@ -5,8 +5,10 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{BackendKind, Error, Result};
-use crate::format::{QuantizedActivations, W4A8Weights, check_len};
-use crate::gemm::{DeviceInfo, DeviceTensor, Gemm, check_gemm_args, check_owner, next_device_id};
+use crate::format::{Granularity, QuantizedActivations, W4A8Weights, check_len};
+use crate::gemm::{
+    DeviceInfo, DeviceTensor, Gemm, KernelPlan, check_gemm_args, check_owner, check_plan_args, next_device_id,
+};
 use crate::quantize::quantize_activations;
 
 /// The epilogue: `f16(((f32(acc) · s_x) · s_ch) + bias)`, each operation rounded to nearest even in
@@ -73,6 +75,11 @@ fn gemm_int8(x: &QuantizedActivations, w8: &[i8], w: &W4A8Weights) -> Vec<f16> {
 }
 
 /// The CPU oracle as a [`Gemm`] backend: "device" buffers are host memory.
+///
+/// `Send + Sync`: it holds only its [`DeviceInfo`], no interior mutability; each call computes into
+/// its own buffers (in parallel on rayon's global pool), so any number of threads may share one
+/// oracle. Its handles ([`CpuWeights`], [`CpuActivations`], [`CpuOutput`]) are plain host data, also
+/// `Send + Sync`.
 #[derive(Debug)]
 pub struct CpuOracle {
     info: DeviceInfo,
@@ -212,6 +219,13 @@ impl Gemm for CpuOracle {
         Ok(())
     }
 
+    fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan> {
+        check_plan_args(m, n, k, granularity)?;
+        Ok(KernelPlan::new(["oracle gemm_int8"])
+            .with("parallel", format!("{n} columns over {} rayon threads", rayon::current_num_threads()))
+            .with("accumulation", "exact i32"))
+    }
+
     fn read_output(&self, y: &CpuOutput) -> Result<Vec<f16>> {
         check_owner("output", y, self.info.id)?;
         Ok(y.data.clone())
@@ -221,6 +235,21 @@ impl Gemm for CpuOracle {
         Ok(())
     }
 }
+
+// The thread-safety contract above (and that of the format and error types), checked at compile time.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CpuOracle>();
+    assert_send_sync::<CpuWeights>();
+    assert_send_sync::<CpuActivations>();
+    assert_send_sync::<CpuOutput>();
+    assert_send_sync::<W4A8Weights>();
+    assert_send_sync::<QuantizedActivations>();
+    assert_send_sync::<DeviceInfo>();
+    assert_send_sync::<KernelPlan>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<crate::io::Layer>();
+};
 
 #[cfg(test)]
 mod tests {

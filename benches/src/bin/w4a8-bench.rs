@@ -1,6 +1,7 @@
 //! `w4a8-bench`: the roofline report. On one device per backend it measures the ceilings (copy
-//! bandwidth, f16 matrix peak), times every W4A8 kernel beside its peers at the LLaMA-2 shapes, checks
-//! every timed case, and writes `report.md`, `report.json` and `speedup-<backend>.svg` under `--out`.
+//! bandwidth, f16 matrix peak), times every W4A8 kernel beside its peers at the LLaMA-2 shapes — kernel
+//! time of runs back to back, and whole-call time — checks every timed case, records the kernel plan
+//! of every W4A8 row, and writes `report.md`, `report.json` and `speedup-<backend>.svg` under `--out`.
 //!
 //! `--quick` runs tiny shapes in seconds (CI: `--quick --backend cpu`); its timings mean nothing.
 //! `--append-results benches/RESULTS.md` appends the run's section; with `--from-json` it does so
@@ -11,12 +12,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use w4a8_benches::backend::BenchBackend;
+use w4a8_benches::config::{RunConfig, parse_granularity};
 use w4a8_benches::markdown::render;
 use w4a8_benches::meta::RunMeta;
+use w4a8_benches::model::{BackendReport, Report};
 use w4a8_benches::open::{BackendVisitor, compiled_backends, visit_backend};
 use w4a8_benches::plot::speedup_plot;
-use w4a8_benches::report::{BackendReport, Report, RunConfig, parse_granularity, run_backend};
 use w4a8_benches::results::append_results;
+use w4a8_benches::run::run_backend;
 use w4a8_benches::shapes::Shape;
 use w4a8_core::{BackendKind, Error};
 
@@ -46,9 +49,12 @@ struct Args {
     /// Untimed runs before timing each case.
     #[arg(long)]
     warmup: Option<usize>,
-    /// Timed runs per case (the median is reported).
+    /// Timed samples per case, for each of the two times (the medians are reported).
     #[arg(long)]
     iters: Option<usize>,
+    /// Runs queued back to back per kernel-time sample (the sample is their mean device time).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Minimum total size of each case's rotating input sets, in MB (≥ 2 × L2).
     #[arg(long)]
     rotate_mb: Option<usize>,
@@ -100,6 +106,7 @@ impl Args {
         c.warmup = self.warmup.unwrap_or(c.warmup);
         c.iters = self.iters.unwrap_or(c.iters).max(1);
         c.min_iters = c.min_iters.min(c.iters);
+        c.batch = self.batch.unwrap_or(c.batch).max(1);
         c.rotate_bytes = self.rotate_mb.map_or(c.rotate_bytes, |mb| mb * 1_000_000);
         c.check_samples = self.samples.unwrap_or(c.check_samples).max(1);
         c.peak_size = self.peak_size.unwrap_or(c.peak_size).max(1);

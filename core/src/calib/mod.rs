@@ -14,12 +14,14 @@
 //! Every step runs on the CPU, multi-threaded (rayon; dense linear algebra through faer).
 
 mod clip;
+mod file;
 mod gptq;
 mod rows;
 mod smooth;
 mod stats;
 
 pub use clip::{CLIP_RATIOS, search_clipped_channel_scales};
+pub use file::{calibration_tensor, layer_calibration};
 pub use gptq::GptqConfig;
 pub use smooth::{
     ALPHA_STEP, adaptive_smoothing, log_equalization_scales, smoothing_scales, weight_column_absmax,

@@ -13,7 +13,7 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, MatMut, MatRef};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{check_finite, check_k, check_len, check_nonzero};
 
 /// Default number of token rows kept for the adaptive smoothing search.
@@ -51,13 +51,26 @@ impl CalibStats {
     }
 
     /// Empty statistics keeping up to `max_samples` rows (reservoir sampling, fixed seed).
+    ///
+    /// The Gram matrix takes K²·8 bytes (32 GiB at K = 65 536): when the allocator cannot provide
+    /// it, or K² overflows `usize` (32-bit targets), this is [`Error::OutOfMemory`], not an abort.
     pub fn with_max_samples(k: usize, max_samples: usize) -> Result<Self> {
         check_k(k)?;
+        let elems = k.checked_mul(k);
+        let bytes = (k as u64) * (k as u64) * 8;
+        let mut gram_lower = Vec::new();
+        elems.and_then(|e| gram_lower.try_reserve_exact(e).ok()).ok_or_else(|| Error::OutOfMemory {
+            backend: None,
+            what: "calibration Gram matrix XᵀX (K²·8 bytes)",
+            requested: bytes,
+            reason: format!("K = {k}"),
+        })?;
+        gram_lower.resize(k * k, 0.0);
         Ok(CalibStats {
             k,
             tokens: 0,
             absmax: vec![0.0; k],
-            gram_lower: vec![0.0; k * k],
+            gram_lower,
             samples: Vec::new(),
             max_samples,
             rng: 0x5EED_CA11_B8A7_E000,
@@ -68,7 +81,8 @@ impl CalibStats {
     /// statistics unchanged.
     pub fn update(&mut self, x: &[f32], m: usize) -> Result<()> {
         check_nonzero("M", m)?;
-        check_len("calibration activations (M·K)", m * self.k, x.len())?;
+        // Saturating: an M·K past usize matches no slice length, and must not overflow.
+        check_len("calibration activations (M·K)", m.saturating_mul(self.k), x.len())?;
         check_finite("calibration activations", x)?;
         let k = self.k;
         for row in x.chunks_exact(k) {
@@ -77,7 +91,7 @@ impl CalibStats {
             }
             // Reservoir sampling (Algorithm R): every token seen so far is kept with equal probability.
             let t = self.tokens;
-            if self.samples.len() < self.max_samples * k {
+            if self.samples.len() < self.max_samples.saturating_mul(k) {
                 self.samples.extend_from_slice(row);
             } else if self.max_samples > 0 {
                 let j = (splitmix64(&mut self.rng) % (t as u64 + 1)) as usize;
