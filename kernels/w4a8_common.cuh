@@ -31,6 +31,9 @@ typedef unsigned long long u64;
 #define W4A8_CHUNK_WORDS 512
 // Bytes of group scales per (n32 tile, k-tile, group slot): [groupID (8)][n8 sub-tile ni (4)].
 #define W4A8_SCALE_SLOT_BYTES 32
+// Output tiles are numbered in bands of this many tile rows, column by column inside a band, so the
+// blocks running at once share weight columns (L2 hits) when M spans many tiles.
+#define W4A8_RASTER_ROWS 8
 
 // ---------------------------------------------------------------------------------------------
 // f16 <-> f32 without cuda_fp16.h: f16 values travel as their 16 raw bits (u16).

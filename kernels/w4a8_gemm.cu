@@ -230,8 +230,20 @@ __device__ __forceinline__ void w4a8_gemm_body(const i8* __restrict__ x, const f
         const int kt_begin = iter - tile * KT;
         const int kt_end = min(KT, kt_begin + (it_end - iter));
         iter += kt_end - kt_begin;
-        const int m0 = (tile / tiles_n) * BM;
-        const int tile0 = (tile % tiles_n) * WARPS_N;  // first n32 tile of this output tile
+        // Rasterized tile order (layout.rs tile_coords): bands of W4A8_RASTER_ROWS tile rows, each band
+        // column by column. A wave of consecutive tiles then covers up to 8 row tiles of the same few
+        // weight columns, so at large M each weight tile comes from DRAM ⌈tiles_m / 8⌉ times, not
+        // tiles_m times. With one tile row it is the plain n-fastest order: the host picks the small and
+        // medium configurations only for M ≤ BM (a layout.rs test checks), so only the large one
+        // compiles the band arithmetic (it would cost the small loop registers).
+        int m0 = 0, tile0 = tile * WARPS_N;  // tile0: first n32 tile of this output tile
+        if (BM >= 128) {
+            const int band = tile / (W4A8_RASTER_ROWS * tiles_n);
+            const int band_rows = min(W4A8_RASTER_ROWS, tiles_m - band * W4A8_RASTER_ROWS);
+            const int in_band = tile - band * W4A8_RASTER_ROWS * tiles_n;
+            m0 = (band * W4A8_RASTER_ROWS + in_band % band_rows) * BM;
+            tile0 = (in_band / band_rows) * WARPS_N;
+        }
 
         i32 acc[C::MT][4][4];
 #pragma unroll

@@ -246,6 +246,7 @@ mod tests {
             ("W4A8_WARP_N", WARP_N),
             ("W4A8_CHUNK_WORDS", CHUNK_WORDS),
             ("W4A8_SCALE_SLOT_BYTES", SCALE_SLOT_BYTES),
+            ("W4A8_RASTER_ROWS", RASTER_ROWS),
         ] {
             assert!(COMMON_SOURCE.contains(&format!("#define {name} {value}\n")), "{name} = {value}");
         }

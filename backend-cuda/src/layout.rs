@@ -37,6 +37,8 @@ pub const CHUNK_WORDS: usize = 512;
 pub const SCALE_SLOT_BYTES: usize = 32;
 /// N is padded to a multiple of this (the widest block, so no block reads past the packed data).
 pub const N_ALIGN: usize = 128;
+/// Tile rows per raster band (`W4A8_RASTER_ROWS`): see [`LaunchPlan::tile_coords`].
+pub const RASTER_ROWS: usize = 8;
 /// Threads per block of every kernel.
 pub const THREADS: u32 = 256;
 
@@ -404,6 +406,16 @@ impl LaunchPlan {
         self.tiles_m * self.tiles_n
     }
 
+    /// (tile row, tile column) of tile `t`: tiles are numbered in bands of [`RASTER_ROWS`] tile
+    /// rows, column by column inside a band (the last band may be shorter), so that the blocks
+    /// running at once share weight columns when M spans many tiles.
+    pub fn tile_coords(&self, t: usize) -> (usize, usize) {
+        let band = t / (RASTER_ROWS * self.tiles_n);
+        let rows = RASTER_ROWS.min(self.tiles_m - band * RASTER_ROWS);
+        let in_band = t - band * RASTER_ROWS * self.tiles_n;
+        (band * RASTER_ROWS + in_band % rows, in_band / rows)
+    }
+
     /// Tile × k-tile iterations of the whole launch.
     pub fn iterations(&self) -> usize {
         self.tiles() * self.k_tiles
@@ -513,6 +525,37 @@ mod tests {
         assert_eq!(p.words[12 * 4], 0x8888_8888);
         let w = weights(3, 32, Granularity::PerChannel, 1, false);
         assert_eq!(pack_weights(&w).words[12 * 4], 0);
+    }
+
+    #[test]
+    fn raster_order_visits_every_tile_once_in_bands() {
+        for (m, n_pad) in [(1, 4096), (16, 128), (200, 384), (1000, 1280), (4096, 57344)] {
+            let p = LaunchPlan::new(m, n_pad, 128, 1, Some(1)).unwrap();
+            let mut seen = vec![false; p.tiles()];
+            for t in 0..p.tiles() {
+                let (tm, tn) = p.tile_coords(t);
+                assert!(tm < p.tiles_m && tn < p.tiles_n && !seen[tm * p.tiles_n + tn], "{p:?} t={t}");
+                seen[tm * p.tiles_n + tn] = true;
+                // Same band: consecutive tiles stay within RASTER_ROWS rows.
+                assert_eq!(tm / RASTER_ROWS, t / (RASTER_ROWS * p.tiles_n));
+            }
+            if p.tiles_m == 1 {
+                assert!((0..p.tiles()).all(|t| p.tile_coords(t) == (0, t)), "decode keeps the n order");
+            }
+        }
+        // 57344×8192 at M = 4096: 32 × 448 tiles; a wave of 264 consecutive tiles touches 33 weight
+        // columns (8 rows each) instead of 264.
+        let p = LaunchPlan::new(4096, 57344, 8192, 264, None).unwrap();
+        let cols: std::collections::BTreeSet<usize> = (0..264).map(|t| p.tile_coords(t).1).collect();
+        assert_eq!(cols.len(), 33);
+    }
+
+    #[test]
+    fn only_the_large_configuration_has_several_tile_rows() {
+        // The kernel compiles the raster-band arithmetic only for bm ≥ 128 (w4a8_gemm.cu).
+        for c in CONFIGS.iter().filter(|c| c.bm < 128) {
+            assert!(c.max_m <= c.bm, "{} is chosen for M up to {} > bm {}", c.per_channel, c.max_m, c.bm);
+        }
     }
 
     #[test]

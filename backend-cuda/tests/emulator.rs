@@ -113,7 +113,8 @@ fn emulated_kernel_equals_oracle_over_random_shapes() {
 #[test]
 fn every_configuration_handles_m_tails() {
     let mut rng = Rng::new(7);
-    for m in [1, 2, 15, 16, 17, 33, 63, 64, 65, 129] {
+    // 1100 rows: 9 tile rows of the large configuration, two raster bands (8 + 1 rows).
+    for m in [1, 2, 15, 16, 17, 33, 63, 64, 65, 129, 1100] {
         let x = activations(&mut rng, m, 200, false);
         let w = weights(&mut rng, 45, 200, Granularity::PerChannel, true, false);
         check(&x, &w, plan(&x, &w, None));

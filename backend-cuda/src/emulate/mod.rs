@@ -168,7 +168,7 @@ pub fn emulate_gemm_with(
 
     for &b in order {
         for seg in plan.segments(b) {
-            let (tm, tn) = (seg.tile / plan.tiles_n, seg.tile % plan.tiles_n);
+            let (tm, tn) = plan.tile_coords(seg.tile);
             let (m0, tile0) = (tm * cfg.bm, tn * cfg.warps_n);
             let mut acc = vec![[[[[0i32; 4]; 32]; 4]; 8]; warps];
             pipeline::run(
