@@ -625,6 +625,7 @@ impl Gemm for CudaBackend {
         let plan = self.plan(m, layout::padded_n(n), layout::padded_k(k), None)?;
         Ok(describe_plan(&plan, granularity))
     }
+
     fn read_output(&self, y: &CudaOutput) -> Result<Vec<f16>> {
         check_owner("output", y, self.info.id)?;
         self.download("output", &y.data)

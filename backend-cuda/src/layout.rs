@@ -459,12 +459,13 @@ impl LaunchPlan {
         usize::from(self.range(b).0 < tile * self.k_tiles)
     }
 
-    /// Whether some tile is cut between blocks (the launch uses partial sums and semaphores).
+    /// Whether some tile is cut between blocks (the launch uses partial sums and semaphores): some
+    /// block's range starts inside a tile. Called on every GEMM, so it never walks the tiles: when
+    /// the block count divides the tile count every range starts on a tile boundary, and otherwise
+    /// the plan has at most one wave of blocks to look at.
     pub fn is_stream_k(&self) -> bool {
-        (0..self.tiles()).any(|t| {
-            let (f, l) = self.contributors(t);
-            f != l
-        })
+        !self.tiles().is_multiple_of(self.blocks)
+            && (1..self.blocks).any(|b| !self.range(b).0.is_multiple_of(self.k_tiles))
     }
 
     /// The fewest k-tiles of any segment: below `stages - 1` a segment's pipeline never recycles a

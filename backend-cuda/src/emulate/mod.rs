@@ -166,6 +166,12 @@ pub fn emulate_gemm_with(
     let mut ws = vec![0i32; plan.workspace_len()];
     let mut sem = vec![0u32; plan.tiles()];
 
+    // The warps holding the k-reduced sums (wk = 0), with their (warp, wn, wm).
+    let sum_warps: Vec<(usize, usize, usize)> = (0..warps)
+        .filter(|w| w % cfg.warps_k == 0)
+        .map(|w| (w, (w / cfg.warps_k) % cfg.warps_n, w / (cfg.warps_k * cfg.warps_n)))
+        .collect();
+
     for &b in order {
         for seg in plan.segments(b) {
             let (tm, tn) = plan.tile_coords(seg.tile);
@@ -179,7 +185,7 @@ pub fn emulate_gemm_with(
                 |_, stage| launch.compute_stage(stage, &mut acc),
             )?;
             // Intra-block k reduction in the kernel's order: warp wk = 0 adds wk = 1, 2, 3.
-            for warp in (0..warps).filter(|w| w % cfg.warps_k == 0) {
+            for &(warp, _, _) in &sum_warps {
                 for q in 1..cfg.warps_k {
                     let other = acc[warp + q];
                     for (mine, theirs) in acc[warp].iter_mut().zip(&other).take(mt) {
@@ -197,8 +203,7 @@ pub fn emulate_gemm_with(
             if first != last {
                 // A shared tile: park this share, take a ticket; the last to arrive finishes it.
                 let base = (b * 2 + plan.partial_slot(b, seg.tile)) * slot_len;
-                for warp in (0..warps).filter(|w| w % cfg.warps_k == 0) {
-                    let (wn, wmi) = ((warp / cfg.warps_k) % cfg.warps_n, warp / (cfg.warps_k * cfg.warps_n));
+                for &(warp, wn, wmi) in &sum_warps {
                     for_each_register(mt, |mi, ni, e, lane| {
                         ws[base + at(wmi, wn, mi, ni, e, lane)] = acc[warp][mi][ni][lane][e];
                     });
@@ -209,8 +214,7 @@ pub fn emulate_gemm_with(
                     continue;
                 }
                 sem[seg.tile] = 0; // reset for the next launch (the kernel's last block does this)
-                for warp in (0..warps).filter(|w| w % cfg.warps_k == 0) {
-                    let (wn, wmi) = ((warp / cfg.warps_k) % cfg.warps_n, warp / (cfg.warps_k * cfg.warps_n));
+                for &(warp, wn, wmi) in &sum_warps {
                     for_each_register(mt, |mi, ni, e, lane| {
                         // The other blocks' shares, in block order, onto this block's own.
                         for other in (first..=last).filter(|&o| o != b) {
@@ -222,8 +226,7 @@ pub fn emulate_gemm_with(
                 }
             }
             // The epilogue of a finished tile.
-            for warp in (0..warps).filter(|w| w % cfg.warps_k == 0) {
-                let (wn, wmi) = ((warp / cfg.warps_k) % cfg.warps_n, warp / (cfg.warps_k * cfg.warps_n));
+            for &(warp, wn, wmi) in &sum_warps {
                 for_each_register(mt, |mi, ni, e, lane| {
                     let (g, t) = (lane >> 2, lane & 3);
                     let row = m0 + wmi * wm_rows + mi * 16 + g + 8 * (e >> 1);
