@@ -27,10 +27,14 @@ fn f16_bits_to_f32(h: u32) -> f32 {
 }
 
 // Rounds an f32 to the nearest f16 (ties to even) and returns its 16 bits in the low half.
+fn f32_to_f16_bits(f: f32) -> u32 {
+    return f16_bits_from_f32_bits(bitcast<u32>(f));
+}
+
+// The same from the f32's bits (so a subnormal never passes through a float register).
 // Matches `half::f16::from_f32` bit for bit: overflow (anything that rounds to >= 65520) gives
 // +-inf, NaN stays a quiet NaN with the top mantissa bits kept, tiny values round to (signed) zero.
-fn f32_to_f16_bits(f: f32) -> u32 {
-    let x = bitcast<u32>(f);
+fn f16_bits_from_f32_bits(x: u32) -> u32 {
     let sign = (x >> 16u) & 0x8000u;      // f32 sign bit 31 -> f16 sign bit 15
     let exp = (x >> 23u) & 0xffu;         // 8-bit biased exponent (bias 127)
     let man = x & 0x7fffffu;              // 23-bit mantissa

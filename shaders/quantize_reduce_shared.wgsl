@@ -2,7 +2,7 @@
 // workgroup memory (a tree over 256 slots); works on every adapter. Appended to
 // quantize_activations.wgsl by the host.
 
-var<workgroup> red: array<f32, 256>;   // one slot per invocation (QUANT_WG)
+var<workgroup> red: array<u32, 256>;   // |x'| bits, one slot per invocation (QUANT_WG)
 
 @compute @workgroup_size(256)
 fn quantize_activations(
@@ -14,7 +14,7 @@ fn quantize_activations(
     if (m >= qp.m) { return; }            // uniform per workgroup: padding of a 2-D dispatch
     red[lid] = local_absmax(m, lid);
     workgroupBarrier();
-    // Halving tree: 128, 64, ..., 1 active slots; max is exact, so the order is irrelevant.
+    // Halving tree: 128, 64, ..., 1 active slots; a max is exact, so the order is irrelevant.
     for (var step = 128u; step > 0u; step >>= 1u) {
         if (lid < step) {
             red[lid] = max(red[lid], red[lid + step]);

@@ -4,8 +4,8 @@
 // that subgroups are laid out linearly, it uses @builtin(subgroup_id) / num_subgroups.
 // Appended to quantize_activations.wgsl by the host; needs Features::SUBGROUP.
 
-var<workgroup> sg_max: array<f32, 256>;   // one slot per subgroup; 256 covers subgroup size 1
-var<workgroup> row_max_shared: f32;
+var<workgroup> sg_max: array<u32, 256>;   // |x'| bits, one slot per subgroup; 256 covers size 1
+var<workgroup> row_max_shared: u32;
 
 @compute @workgroup_size(256)
 fn quantize_activations_subgroup(
@@ -24,7 +24,7 @@ fn quantize_activations_subgroup(
     }
     workgroupBarrier();
     if (lid == 0u) {
-        var mx = 0.0;
+        var mx = 0u;
         for (var i = 0u; i < sg_count; i++) {
             mx = max(mx, sg_max[i]);
         }

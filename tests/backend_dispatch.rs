@@ -18,6 +18,7 @@ fn handles_do_not_cross_backends() {
         granularity: w4a8::Granularity::PerChannel,
         bias: false,
         seed: 1,
+        values: conformance::inputs::Values::Typical,
     });
     for a in &kinds {
         for b in &kinds {

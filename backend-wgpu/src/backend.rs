@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use half::f16;
 use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, check_plan_args, next_device_id};
@@ -32,6 +32,10 @@ pub struct WgpuOptions {
     /// Caps `max_compute_workgroups_per_dimension` the same way (None: the device limit), so that
     /// tests reach the 2-D folding of large dispatches on small shapes.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Caps `max_compute_workgroup_storage_size` the same way (None: the device limit), so that
+    /// tests reach the tiled GEMMs' 64×64 size (16 KiB, WebGPU's default) and their refusal below it
+    /// on a device that has more.
+    pub max_workgroup_storage_bytes: Option<u32>,
     /// The most device memory, in bytes, the backend may hold in live buffers at once (None: no
     /// budget beyond the driver's own). An allocation that would go past it is refused with
     /// [`Error::OutOfMemory`] before it reaches the driver; see [`WgpuBackend::device_bytes`].
@@ -45,6 +49,7 @@ impl Default for WgpuOptions {
             use_subgroups: true,
             max_binding_bytes: None,
             max_workgroups_per_dimension: None,
+            max_workgroup_storage_bytes: None,
             max_device_bytes: None,
         }
     }
@@ -53,11 +58,12 @@ impl Default for WgpuOptions {
 /// Which W4A8 GEMM kernel [`WgpuBackend::gemm_with`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// Small-M kernel for M ≤ 16, tiled kernel above.
+    /// Decode kernel for M ≤ 16, tiled kernel above.
     Auto,
-    /// The split-K decode kernel (rows processed 16 at a time when M > 16).
-    SmallM,
-    /// The 64×64 tiled kernel.
+    /// The one-dispatch decode kernel (rows in blocks of 16 when M > 16, each block re-reading
+    /// the weights).
+    Decode,
+    /// The tiled kernel (128×128 tiles, 64×64 where the device has only 16 KiB of workgroup memory).
     Tiled,
 }
 
@@ -74,8 +80,10 @@ pub enum TimerKind {
 /// handle is dropped (wgpu itself may keep the memory a little longer, until the GPU is done with it).
 pub(crate) struct DeviceBuffer {
     buffer: wgpu::Buffer,
-    /// The backend's count of live bytes, shared by every buffer it made.
-    live: Arc<AtomicU64>,
+    /// The backend's count of live bytes, shared by every buffer it made; `None` for a handle on
+    /// one of the backend's own cached buffers (uniform blocks, the no-bias placeholder), which
+    /// are not counted (see [`WgpuBackend::device_bytes`]).
+    live: Option<Arc<AtomicU64>>,
 }
 
 impl Deref for DeviceBuffer {
@@ -87,7 +95,9 @@ impl Deref for DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        self.live.fetch_sub(self.buffer.size(), Ordering::AcqRel);
+        if let Some(live) = &self.live {
+            live.fetch_sub(self.buffer.size(), Ordering::AcqRel);
+        }
     }
 }
 
@@ -200,33 +210,28 @@ struct QuantParams {
     k: u32,
     x_stride: u32,
     has_smooth: u32,
+    /// Always 0: the shaders' opaque zero against fast-math folding (quantize_exact.wgsl).
+    fence: u32,
+    pad: [u32; 3],
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SmallMParams {
+struct DecodeParams {
     m: u32,
     n_chunk: u32,
     n_offset: u32,
-    n_total: u32,
     kb_total: u32,
-    kb_per_split: u32,
     n_tiles: u32,
-    splits: u32,
-    group_blocks: u32,
+    row_blocks: u32,
+    per_group: u32,
+    group_shift: u32,
     sg_stride: u32,
     x_stride: u32,
-    m0: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct EpilogueParams {
-    m: u32,
-    n: u32,
     y_stride: u32,
     has_bias: u32,
-    count: u32,
+    /// Always 0: the shader's opaque zero against fusing/reassociating the epilogue's float ops.
+    fence: u32,
     pad: [u32; 3],
 }
 
@@ -236,15 +241,16 @@ struct TiledParams {
     m: u32,
     n_chunk: u32,
     n_offset: u32,
-    n_total: u32,
     kb_total: u32,
-    m_tiles: u32,
     n_tiles: u32,
+    tiles: u32,
     group_blocks: u32,
     sg_stride: u32,
     x_stride: u32,
     y_stride: u32,
     has_bias: u32,
+    /// Always 0: the shader's opaque zero against fusing/reassociating the epilogue's float ops.
+    fence: u32,
 }
 
 #[repr(C)]
@@ -252,19 +258,19 @@ struct TiledParams {
 struct F16Params {
     m: u32,
     n: u32,
-    k: u32,
-    k_stride: u32,
-    m_tiles: u32,
+    steps: u32,
+    x_stride: u32,
     n_tiles: u32,
+    tiles: u32,
     y_stride: u32,
     pad: u32,
 }
 
 /// Workgroup sizes and tiles of the shaders (see the .wgsl files).
 const QUANT_WG_ROWS: usize = 1;
-const SMALL_M_COLS: usize = 64;
-const TILE: usize = 64;
-const EPI_WG: usize = 256;
+/// Rows of an [`F16Matrix`] are padded to a multiple of this many f16 (16 bytes: the f16 GEMM loads
+/// vec4<u32>).
+const F16_ROW_ALIGN: usize = 8;
 /// Rows per tiled-GEMM dispatch are a multiple of this, so that binding offsets of activation
 /// rows (Kp bytes, Kp multiple of 32), scales (4 bytes) and output rows (even f16 count) stay
 /// multiples of 256 bytes, the largest `min_storage_buffer_offset_alignment` WebGPU allows.
@@ -275,16 +281,99 @@ const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a readback waits for its mapping callback after the device has finished its work.
 #[cfg(not(target_arch = "wasm32"))]
 const READBACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The small-M kernel aims at this many workgroups (64 invocations each) through split-K.
-const SMALL_M_TARGET_WORKGROUPS: usize = 1024;
+/// The decode kernel's rows per workgroup (its `TM` override) for `m` rows: the smallest tile ≥ m,
+/// 16 (in row blocks) past that.
+fn decode_row_tile(m: usize) -> u32 {
+    let max = shaders::DECODE_ROW_TILES[shaders::DECODE_ROW_TILES.len() - 1];
+    *shaders::DECODE_ROW_TILES.iter().find(|&&t| t as usize >= m).unwrap_or(&max)
+}
 
-/// The split-K of the small-M kernel over one weight chunk of `nc` columns: (k-blocks per split,
-/// splits), aiming at [`SMALL_M_TARGET_WORKGROUPS`] workgroups.
-fn small_m_splits(nc: usize, kb_total: usize) -> (usize, usize) {
-    let n_tiles = nc.div_ceil(SMALL_M_COLS);
-    let splits_wanted = SMALL_M_TARGET_WORKGROUPS.div_ceil(n_tiles).clamp(1, kb_total);
-    let kb_per_split = kb_total.div_ceil(splits_wanted);
-    (kb_per_split, kb_total.div_ceil(kb_per_split))
+/// The decode kernel's (per_group, group_shift): block kb is in group `kb >> group_shift`, which
+/// needs g / 32 to be a power of two (every supported g is: 32, 64, 128, 256).
+fn decode_groups(granularity: Granularity) -> Result<(u32, u32)> {
+    match granularity.group_size() {
+        None => Ok((0, 0)),
+        Some(g) if g % BLOCK_K == 0 && (g / BLOCK_K).is_power_of_two() => {
+            Ok((1, (g / BLOCK_K).trailing_zeros()))
+        }
+        Some(group_size) => Err(Error::UnsupportedGroupSize { group_size }),
+    }
+}
+
+/// Shader modules whose every index is in bounds by construction, reviewed source by source: (module
+/// name, FNV-1a 64 hash of [`ShaderModuleSpec::source`] as reviewed). On native targets these are
+/// compiled with [`wgpu::ShaderRuntimeChecks::unchecked`] and without zero-initialised workgroup
+/// memory; any edit to a module (or to the files every module appends) changes its hash, and the
+/// module is compiled with wgpu's checks again until someone re-reads it and updates the hash here.
+/// The review, per module, is written beside the table entry. Modules not listed (the quantizers,
+/// the tiled and f16 GEMMs) keep wgpu's checks until reviewed the same way.
+const TRUSTED_SHADERS: &[(&str, u64)] = &[
+    // w4a8_gemm_decode (the M ≤ 16 hot path), with common/softfloat/epilogue_exact appended.
+    // Host-validated: the handles' shapes agree (check_gemm_args), every buffer is sized by its
+    // constructor (qweight kb_total·n_chunk vec4, xq M·Kp/16 vec4, x_scales M, channel_scales and
+    // bias N, y M·Np/2 words), n_chunk ≥ 1, M ≥ 1, TM ∈ DECODE_ROW_TILES (OVERRIDE_VARIANTS).
+    // - qweight[kb·n_chunk + col]: col = min(.., n_chunk − 1); whole rounds stop at kb_full ≤
+    //   kb_total with the furthest load kb + 48 < kb_full; the tail loads are each guarded by
+    //   `< kb_total`.
+    // - group_scales[(kb >> group_shift)·sg_stride + col/4]: read only when per_group = 1, where
+    //   g | K and 32 | g make kb_total = K/32 and (kb >> shift) < K/g groups.
+    // - xq[(row0 + min(r, rows − 1))·x_stride + 2kb + 1]: lin < n_tiles·row_blocks gives
+    //   row0 < M, so rows = min(TM, M − row0) ≥ 1 and the row is < M; 2kb + 1 < Kp/16 = x_stride.
+    // - x_scales[row], channel_scales[n_offset + n], bias[..] (only when has_bias = 1), y[..]: the
+    //   epilogue writes only r < rows and n < n_chunk.
+    // - red[(r·8 + s)·16 + c] < TM·128 = RED_WORDS for r < TM, s < 16 − 8, c < 16; total[r] with
+    //   r < TM ≤ 16 = MAX_TM. Every red slot is written before the barrier that precedes its read
+    //   (tree phases, then slices 0 and 1 for every r < TM before the epilogue), so it needs no
+    //   zero-initialisation.
+    // - Divisors: n_tiles ≥ 1 and constants; the only runtime divisor of the appended files
+    //   (sf_div's significand, ≥ 2^23) is not on this entry's call graph. Loops: bounded by
+    //   kb_total ≤ 2048, TM and constants.
+    ("w4a8_gemm_decode", 0x4b4d_c5c5_28d3_5923),
+];
+
+/// FNV-1a, 64-bit: the fingerprint of a reviewed shader source.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Whether `spec` is compiled without runtime checks: native targets only (WebGPU always checks),
+/// and only a module listed in [`TRUSTED_SHADERS`] with the hash of its current source.
+fn runtime_checks_dropped(spec: &ShaderModuleSpec) -> bool {
+    !cfg!(target_arch = "wasm32")
+        && TRUSTED_SHADERS
+            .iter()
+            .any(|&(name, hash)| name == spec.name && hash == fnv1a64(spec.source().as_bytes()))
+}
+
+/// At most this many distinct uniform blocks stay cached (a few dozen bytes each, one small buffer).
+const UNIFORM_CACHE_ENTRIES: usize = 1024;
+
+/// The overridable constants the backend specialises entry points on: (entry point, override,
+/// values). [`WgpuBackend::from_device`] creates one pipeline per value; asking for another is an
+/// error, not a lazy compile.
+const OVERRIDE_VARIANTS: &[(&str, &str, &[u32])] = &[(entry::GEMM_DECODE, "TM", &shaders::DECODE_ROW_TILES)];
+
+/// A pipeline and its bind-group layout (the shader's "function signature"), fetched once.
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// (entry point, override value or 0) → the pipeline, or why the device refused it. Built in
+/// [`WgpuBackend::from_device`], read-only afterwards.
+type PipelineTable = HashMap<(&'static str, u32), std::result::Result<Pipeline, String>>;
+
+/// What wgpu's callbacks report about the device, readable without a lock.
+#[derive(Default)]
+struct Health {
+    /// Set once the device-lost callback has run (after `reason` is written).
+    lost: AtomicBool,
+    /// The loss reason.
+    reason: Mutex<Option<String>>,
+    /// Errors that reached the uncaptured-error handler (raised outside every error scope).
+    uncaptured: AtomicU64,
+    /// The latest of them.
+    last_uncaptured: Mutex<Option<String>>,
 }
 
 /// One compute dispatch, ready to record.
@@ -300,12 +389,14 @@ struct Dispatch {
 ///
 /// On native targets `WgpuBackend` is `Send + Sync` and may be shared by any number of threads:
 /// wgpu's device and queue are themselves `Send + Sync` (wgpu serializes access internally); the
-/// pipeline cache and the device-lost flag sit behind mutexes and the live-byte count is atomic;
-/// every call allocates its own transient buffers (split-K accumulators, uniforms, readback
-/// staging), so concurrent calls share no mutable state; and wgpu's error scopes are per thread,
-/// so each call captures its own errors. The handles ([`WgpuWeights`], [`WgpuActivations`],
-/// [`WgpuOutput`], [`F16Matrix`]) are `Send + Sync` too. On wasm32 wgpu's types are neither, and
-/// neither is this backend (the browser's device belongs to one thread).
+/// pipeline table is built before the backend exists and only read afterwards; the device-health
+/// flags and the live-byte count are atomics; the buffers calls share are never written after
+/// creation (uniform blocks, cached by content and written once; the no-bias placeholder) or are
+/// each call's own (outputs, readback staging); and wgpu's error scopes are per thread, so the
+/// calls that use them capture their own errors (the GEMM hot path uses none: see
+/// [`WgpuBackend::unscoped`]). The handles ([`WgpuWeights`], [`WgpuActivations`], [`WgpuOutput`], [`F16Matrix`])
+/// are `Send + Sync` too. On wasm32 wgpu's types are neither, and neither is this backend (the
+/// browser's device belongs to one thread).
 pub struct WgpuBackend {
     info: DeviceInfo,
     device: wgpu::Device,
@@ -313,11 +404,20 @@ pub struct WgpuBackend {
     limits: wgpu::Limits,
     max_binding: u64,
     max_groups: u32,
+    /// `max_compute_workgroup_storage_size`, under [`WgpuOptions::max_workgroup_storage_bytes`].
+    max_workgroup_bytes: u64,
     subgroups: bool,
     timestamps: bool,
     modules: HashMap<&'static str, wgpu::ShaderModule>,
-    pipelines: Mutex<HashMap<(&'static str, u32), wgpu::ComputePipeline>>,
-    lost: Arc<Mutex<Option<String>>>,
+    /// Every pipeline the backend dispatches, created in [`WgpuBackend::from_device`] and read
+    /// without a lock (see [`WgpuBackend::pipeline`]).
+    pipelines: PipelineTable,
+    /// What wgpu's callbacks said about the device: loss and errors outside every error scope.
+    health: Arc<Health>,
+    /// Uniform blocks by content, each written once (see [`WgpuBackend::uniform`]).
+    uniforms: RwLock<HashMap<Box<[u8]>, wgpu::Buffer>>,
+    /// Four zero bytes, bound as `bias` when the weights have none (read-only, shared by every call).
+    no_bias: wgpu::Buffer,
     /// Bytes in the live buffers this backend created (see [`DeviceBuffer`]).
     live_bytes: Arc<AtomicU64>,
     /// [`WgpuOptions::max_device_bytes`].
@@ -430,10 +530,6 @@ impl WgpuBackend {
             };
             match block_on(adapter.request_device(&desc))? {
                 Ok((device, queue)) => {
-                    device.on_uncaptured_error(Arc::new(|_e: wgpu::Error| {
-                        // Every operation of the backend runs inside error scopes; anything that
-                        // escapes them belongs to a device already reported lost.
-                    }));
                     match Self::from_device(&instance, &adapter, device, queue, options.clone()) {
                         Ok(b) => return Ok(b),
                         Err(e) => last_error = Some(format!("{}: {e}", adapter.get_info().name)),
@@ -452,7 +548,9 @@ impl WgpuBackend {
 
     /// Builds the backend on a device the application already has (it must come from `adapter`).
     /// The backend uses the device's features (subgroups and timestamp queries when enabled) and
-    /// limits as they are, and installs a device-lost callback (replacing the application's).
+    /// limits as they are, and installs a device-lost callback and an uncaptured-error handler
+    /// (replacing the application's): errors outside error scopes are how the backend's unscoped
+    /// GEMM path learns that wgpu refused something (see [`WgpuBackend::unscoped`]).
     pub fn from_device(
         instance: &wgpu::Instance,
         adapter: &wgpu::Adapter,
@@ -476,6 +574,10 @@ impl WgpuBackend {
             options.max_workgroups_per_dimension.map_or(limits.max_compute_workgroups_per_dimension, |cap| {
                 cap.clamp(1, limits.max_compute_workgroups_per_dimension)
             });
+        let max_workgroup_bytes =
+            options.max_workgroup_storage_bytes.map_or(limits.max_compute_workgroup_storage_size, |cap| {
+                cap.min(limits.max_compute_workgroup_storage_size)
+            }) as u64;
         if limits.max_compute_invocations_per_workgroup < 256 || limits.max_compute_workgroup_size_x < 256 {
             return Err(unavailable(format!(
                 "{}: needs 256 invocations per workgroup, the device allows {}",
@@ -495,19 +597,47 @@ impl WgpuBackend {
             )));
         }
 
-        let lost = Arc::new(Mutex::new(None));
+        let health = Arc::new(Health::default());
         {
-            let lost = lost.clone();
+            let health = health.clone();
             device.set_device_lost_callback(move |reason, message| {
-                if let Ok(mut slot) = lost.lock() {
+                if let Ok(mut slot) = health.reason.lock() {
                     *slot = Some(if message.is_empty() {
                         format!("{reason:?}")
                     } else {
                         format!("{reason:?}: {message}")
                     });
                 }
+                health.lost.store(true, Ordering::Release);
             });
         }
+        {
+            let health = health.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                // Called synchronously by the failing wgpu call, on its thread. The scoped paths
+                // capture their own errors, so this only sees what the unscoped GEMM path (or an
+                // application sharing the device) raised: record it for `unscoped` to report.
+                if let Ok(mut slot) = health.last_uncaptured.lock() {
+                    *slot = Some(e.to_string());
+                }
+                health.uncaptured.fetch_add(1, Ordering::AcqRel);
+            }));
+        }
+        let no_bias = {
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("w4a8 no-bias placeholder"),
+                size: 4,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            if let Some(e) = block_on(scope.pop())? {
+                return Err(unavailable(format!("{}: the no-bias placeholder: {e}", ainfo.name)));
+            }
+            buffer
+        };
 
         let id = next_device_id();
         let details = vec![
@@ -538,11 +668,14 @@ impl WgpuBackend {
             limits,
             max_binding,
             max_groups,
+            max_workgroup_bytes,
             subgroups,
             timestamps,
             modules: HashMap::new(),
-            pipelines: Mutex::new(HashMap::new()),
-            lost,
+            pipelines: HashMap::new(),
+            health,
+            uniforms: RwLock::new(HashMap::new()),
+            no_bias,
             live_bytes: Arc::new(AtomicU64::new(0)),
             budget: options.max_device_bytes,
         };
@@ -555,14 +688,95 @@ impl WgpuBackend {
             })?;
             backend.modules.insert(spec.name, module);
         }
+        backend.pipelines = backend.create_pipelines()?;
+        let refused: Vec<String> = backend
+            .pipelines
+            .iter()
+            .filter_map(|((entry, v), p)| p.as_ref().err().map(|e| format!("{entry} ({v}): {e}")))
+            .collect();
+        backend.info.details.push((
+            "pipelines".into(),
+            format!(
+                "{} created at start-up, {} refused{}",
+                backend.pipelines.len() - refused.len(),
+                refused.len(),
+                if refused.is_empty() { String::new() } else { format!(": {}", refused.join("; ")) }
+            ),
+        ));
+        let unchecked: Vec<&str> =
+            shaders::MODULES.iter().filter(|s| runtime_checks_dropped(s)).map(|s| s.name).collect();
+        backend.info.details.push((
+            "shader modules without runtime checks".into(),
+            if unchecked.is_empty() { "none".into() } else { unchecked.join(", ") },
+        ));
         Ok(backend)
     }
 
+    /// Compiles one module. wgpu validates it with naga either way; a module whose indexing has
+    /// been reviewed (see [`TRUSTED_SHADERS`]) is compiled without wgpu's runtime checks on native
+    /// targets, every other one with them.
     fn compile(&self, spec: &ShaderModuleSpec) -> wgpu::ShaderModule {
-        self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(spec.name),
             source: wgpu::ShaderSource::Wgsl(spec.source().into()),
-        })
+        };
+        if runtime_checks_dropped(spec) {
+            // SAFETY: `runtime_checks_dropped` holds only for a module whose source is, byte for
+            // byte, one reviewed in `TRUSTED_SHADERS`: every storage, uniform and workgroup index
+            // in it is in bounds by construction for the parameters the host validates before
+            // recording, no integer division or remainder has a zero (or i32::MIN / -1) operand,
+            // every loop is bounded by uniform values, and no workgroup memory is read before it is
+            // written. Those are the checks `ShaderRuntimeChecks::unchecked()` drops.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        } else {
+            self.device.create_shader_module(desc)
+        }
+    }
+
+    /// Every pipeline the backend can dispatch: each entry point of each compiled module, and one
+    /// per value of each override in [`OVERRIDE_VARIANTS`]. A pipeline the device refuses (a
+    /// variant over its workgroup-memory limit) is recorded with wgpu's reason and reported when
+    /// asked for; the dispatch paths check those limits first, so it never is on a sound call.
+    fn create_pipelines(&self) -> Result<PipelineTable> {
+        let mut table = PipelineTable::new();
+        for spec in shaders::MODULES {
+            let Some(module) = self.modules.get(spec.name) else { continue };
+            for &entry_point in spec.entry_points {
+                let variants: Vec<Option<(&'static str, u32)>> =
+                    match OVERRIDE_VARIANTS.iter().find(|(e, _, _)| *e == entry_point) {
+                        Some(&(_, name, values)) => values.iter().map(|&v| Some((name, v))).collect(),
+                        None => vec![None],
+                    };
+                for variant in variants {
+                    let constants: Vec<(&str, f64)> =
+                        variant.map(|(name, v)| vec![(name, v as f64)]).unwrap_or_default();
+                    let created = self.scoped(|| {
+                        let pipeline =
+                            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                                label: Some(entry_point),
+                                layout: None,
+                                module,
+                                entry_point: Some(entry_point),
+                                compilation_options: wgpu::PipelineCompilationOptions {
+                                    constants: &constants,
+                                    // Reviewed modules read no workgroup memory before writing it.
+                                    zero_initialize_workgroup_memory: !runtime_checks_dropped(&spec),
+                                },
+                                cache: None,
+                            });
+                        let layout = pipeline.get_bind_group_layout(0);
+                        Ok(Pipeline { pipeline, layout })
+                    });
+                    let created = match created {
+                        Ok(p) => Ok(p),
+                        Err(e @ Error::DeviceLost { .. }) => return Err(e),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    table.insert((entry_point, variant.map_or(0, |(_, v)| v)), created);
+                }
+            }
+        }
+        Ok(table)
     }
 
     /// The wgpu device (for applications that share it).
@@ -587,7 +801,11 @@ impl WgpuBackend {
 
     fn check_lost(&self) -> Result<()> {
         let flagged = |this: &Self| -> Result<Option<String>> {
-            Ok(this.lost.lock().map_err(|_| backend_error("device-lost flag poisoned"))?.clone())
+            if !this.health.lost.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let reason = this.health.reason.lock().map_err(|_| backend_error("device-lost flag poisoned"))?;
+            Ok(Some(reason.clone().unwrap_or_else(|| "lost".into())))
         };
         let mut reason = flagged(self)?;
         if reason.is_none() {
@@ -624,6 +842,35 @@ impl WgpuBackend {
         self.check_lost().err().unwrap_or(error)
     }
 
+    /// Runs `f`, a hot-path call (the GEMM), with no error scope and no poll; errors still surface
+    /// typed.
+    ///
+    /// Why nothing is lost: the GEMM validates on the host, before recording, everything wgpu
+    /// would (handles from this device, shapes, binding sizes and offsets against the limits,
+    /// workgroup counts, pipelines built at start-up), so on a healthy device wgpu has nothing to
+    /// refuse, and it allocates no device memory on a warm path (cached uniform blocks, the shared
+    /// no-bias placeholder). What can still go wrong is reported by wgpu's callbacks: a loss already
+    /// reported fails the call up front (one atomic load); an error wgpu raises anyway reaches
+    /// the uncaptured-error handler synchronously, which counts it, and a count that moved during
+    /// the call fails it — with [`Error::DeviceLost`] once the loss lands, otherwise with wgpu's
+    /// message (see [`WgpuBackend::loss_or`]). An error raised by another thread's unscoped call in
+    /// the same window fails this one too: such an error means a lost device or a bug, so failing
+    /// wide is the safe side. A device destroyed but not yet reported lost makes wgpu drop the
+    /// calls silently (WebGPU's contract); the loss is reported by the next call that waits,
+    /// reads back or allocates, and by this one once the loss callback has run.
+    fn unscoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.health.lost.load(Ordering::Acquire) {
+            self.check_lost()?;
+        }
+        let before = self.health.uncaptured.load(Ordering::Acquire);
+        let result = f();
+        if self.health.uncaptured.load(Ordering::Acquire) != before {
+            let message = self.health.last_uncaptured.lock().ok().and_then(|m| m.clone()).unwrap_or_default();
+            return Err(self.loss_or(backend_error(message)));
+        }
+        result
+    }
+
     /// Runs `f` inside out-of-memory and validation error scopes; a captured error becomes
     /// [`Error::Backend`] (or [`Error::DeviceLost`] once the device is gone).
     fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -643,33 +890,27 @@ impl WgpuBackend {
         result
     }
 
+    /// The pipeline of `entry` (in `module`) with override value `tm` (the entry's override in
+    /// [`OVERRIDE_VARIANTS`]), from the table built at start-up: a lock-free map lookup. One that
+    /// was not built — an entry or value missing from the tables, or refused by the device — is
+    /// [`Error::Unavailable`] with the reason.
     fn pipeline(
         &self,
         entry: &'static str,
         module: &'static str,
         tm: Option<u32>,
     ) -> Result<wgpu::ComputePipeline> {
-        let key = (entry, tm.unwrap_or(0));
-        let mut cache = self.pipelines.lock().map_err(|_| backend_error("pipeline cache poisoned"))?;
-        if let Some(p) = cache.get(&key) {
-            return Ok(p.clone());
+        match self.pipelines.get(&(entry, tm.unwrap_or(0))) {
+            Some(Ok(p)) => Ok(p.pipeline.clone()),
+            Some(Err(reason)) => Err(unavailable(format!(
+                "pipeline {entry} (module {module}, override {tm:?}) was refused by the device: {reason}"
+            ))),
+            None => Err(unavailable(format!(
+                "pipeline {entry} (module {module}, override {tm:?}) was not created at start-up: \
+                 the entry point must be listed in shaders::MODULES and its override values in \
+                 OVERRIDE_VARIANTS"
+            ))),
         }
-        let module =
-            self.modules.get(module).ok_or_else(|| backend_error(format!("no shader module {module}")))?;
-        let constants: Vec<(&str, f64)> = tm.map(|t| vec![("TM", t as f64)]).unwrap_or_default();
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                ..Default::default()
-            },
-            cache: None,
-        });
-        cache.insert(key, pipeline.clone());
-        Ok(pipeline)
     }
 
     fn check_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
@@ -753,7 +994,7 @@ impl WgpuBackend {
                 usage,
                 mapped_at_creation: false,
             }),
-            live: self.live_bytes.clone(),
+            live: Some(self.live_bytes.clone()),
         };
         match block_on(scope.pop())? {
             Some(e) => Err(oom(format!("the driver refused it: {e}"))),
@@ -762,7 +1003,7 @@ impl WgpuBackend {
     }
 
     /// Bytes in the device buffers this backend holds right now: prepared weights, activations,
-    /// outputs, and the transient buffers of calls in progress (split-K accumulators, uniforms,
+    /// outputs, and the transient buffers of calls in progress (uniforms, no-bias placeholders,
     /// readback staging). Returns to the same value whenever the same handles are live, so a
     /// long-running process can watch it for leaks; [`WgpuOptions::max_device_bytes`] caps it.
     pub fn device_bytes(&self) -> u64 {
@@ -789,8 +1030,51 @@ impl WgpuBackend {
         )
     }
 
+    /// A uniform block holding `params`: the backend's cached buffer of the same content, or a new
+    /// one, written once and cached. Never rewritten, so any number of calls in flight, from any
+    /// threads, may bind it; a decode loop (the same shapes every step) creates none after its
+    /// first step. At most [`UNIFORM_CACHE_ENTRIES`] blocks are kept (past that the cache starts
+    /// over; work already recorded keeps its buffers alive). Not counted in
+    /// [`WgpuBackend::device_bytes`].
     fn uniform<T: bytemuck::Pod>(&self, params: &T) -> Result<DeviceBuffer> {
-        self.buffer_with("w4a8 params", bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM)
+        let bytes = bytemuck::bytes_of(params);
+        let poisoned = || backend_error("uniform cache poisoned");
+        if let Some(buffer) = self.uniforms.read().map_err(|_| poisoned())?.get(bytes) {
+            return Ok(DeviceBuffer { buffer: buffer.clone(), live: None });
+        }
+        let size = (bytes.len() as u64).max(4).next_multiple_of(4);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("w4a8 params"),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = block_on(scope.pop())? {
+            return Err(Error::OutOfMemory {
+                backend: Some(BACKEND),
+                what: "w4a8 params",
+                requested: size,
+                reason: format!("the driver refused it: {e}"),
+            });
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(size as usize, 0);
+        // Queued before any submission that can bind the buffer (it is published below).
+        self.queue.write_buffer(&buffer, 0, &padded);
+        let mut cache = self.uniforms.write().map_err(|_| poisoned())?;
+        if cache.len() >= UNIFORM_CACHE_ENTRIES {
+            cache.clear();
+        }
+        // A thread that raced us here keeps its own (identical) buffer; the first one stays cached.
+        let buffer = cache.entry(bytes.into()).or_insert(buffer).clone();
+        Ok(DeviceBuffer { buffer, live: None })
+    }
+
+    /// The no-bias placeholder: four zero bytes the backend made once, never written, bound
+    /// read-only as `bias` by any number of calls. Not counted in [`WgpuBackend::device_bytes`].
+    fn no_bias_placeholder(&self) -> Result<DeviceBuffer> {
+        Ok(DeviceBuffer { buffer: self.no_bias.clone(), live: None })
     }
 
     /// Folds `total` workgroups into a (x, y) grid under `max_compute_workgroups_per_dimension`.
@@ -818,11 +1102,17 @@ impl WgpuBackend {
             .enumerate()
             .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        })
+        // The layout fetched when the pipeline was made (a scan of a dozen ids, no wgpu call).
+        let layout = self.pipelines.values().flatten().find(|p| p.pipeline == *pipeline).map(|p| &p.layout);
+        let fetched;
+        let layout = match layout {
+            Some(l) => l,
+            None => {
+                fetched = pipeline.get_bind_group_layout(0);
+                &fetched
+            }
+        };
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
 
     /// Records `dispatches` into one compute pass (with begin/end timestamps when `timer` is
@@ -931,15 +1221,18 @@ impl WgpuBackend {
         kernel: GemmKernel,
     ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         check_gemm_args(self.info.id, x, w, y)?;
-        let small = match kernel {
-            GemmKernel::Auto => x.m <= shaders::SMALL_M_MAX,
-            GemmKernel::SmallM => true,
+        let decode = match kernel {
+            GemmKernel::Auto => x.m <= shaders::DECODE_M_MAX,
+            GemmKernel::Decode => true,
             GemmKernel::Tiled => false,
         };
-        if small { self.small_m_dispatches(x, w, y) } else { self.tiled_dispatches(x, w, y) }
+        if decode { self.decode_dispatches(x, w, y) } else { self.tiled_dispatches(x, w, y) }
     }
 
-    fn small_m_dispatches(
+    /// The decode GEMM: one dispatch per weight chunk (one in all unless N needed several
+    /// bindings), K reduced inside each workgroup, the epilogue fused. M > 16 (only when forced)
+    /// runs in row blocks of 16 inside the same dispatch.
+    fn decode_dispatches(
         &self,
         x: &WgpuActivations,
         w: &WgpuWeights,
@@ -947,94 +1240,74 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<DeviceBuffer>)> {
         let (m, n, k) = (x.m, w.n, w.k);
         let kp = layout::padded_k(k);
-        let kb_total = kp / BLOCK_K;
-        let acc_bytes = bytes_of_dims(m, n, 4);
-        self.check_binding("split-K int32 accumulators (M·N·4 bytes)", acc_bytes)?;
         self.check_binding("activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
         self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
-        let acc = self.storage_empty("w4a8 accumulators", acc_bytes)?;
+        let tm = decode_row_tile(m);
+        self.check_decode_workgroup(tm)?;
+        let (per_group, group_shift) = decode_groups(w.granularity)?;
+        let row_blocks = m.div_ceil(tm as usize);
+        let pipeline = self.pipeline(entry::GEMM_DECODE, shaders::GEMM_DECODE.name, Some(tm))?;
+        let dummy_bias = self.no_bias_placeholder()?;
+        let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
         let mut dispatches = Vec::new();
         let mut keep = Vec::new();
-        let dummy_bias = self.storage_empty("w4a8 no-bias placeholder", 4)?;
-
-        let zero = self.pipeline(entry::ZERO_ACCUMULATORS, shaders::EPILOGUE.name, None)?;
-        let y_stride = n.div_ceil(2);
-        let ep = EpilogueParams {
-            m: m as u32,
-            n: n as u32,
-            y_stride: y_stride as u32,
-            has_bias: w.bias.is_some() as u32,
-            count: (m * n) as u32,
-            pad: [0; 3],
-        };
-        let zero_params = self.uniform(&ep)?;
-        dispatches.push(Dispatch {
-            bind_group: self.bind(&zero, &[zero_params.as_entire_binding(), acc.as_entire_binding()]),
-            pipeline: zero,
-            groups: self.grid("accumulator clear", (m * n).div_ceil(EPI_WG))?,
-        });
-        keep.push(zero_params);
-
-        for row0 in (0..m).step_by(shaders::SMALL_M_MAX) {
-            let rows = (m - row0).min(shaders::SMALL_M_MAX);
-            let tm = *shaders::SMALL_M_TILES.iter().find(|&&t| t as usize >= rows).unwrap_or(&16);
-            let pipeline = self.pipeline(entry::GEMM_SMALL_M, shaders::GEMM_SMALL_M.name, Some(tm))?;
-            for ch in &w.chunks {
-                let n_tiles = ch.nc.div_ceil(SMALL_M_COLS);
-                let (kb_per_split, splits) = small_m_splits(ch.nc, kb_total);
-                let params = self.uniform(&SmallMParams {
-                    m: rows as u32,
-                    n_chunk: ch.nc as u32,
-                    n_offset: ch.n0 as u32,
-                    n_total: n as u32,
-                    kb_total: kb_total as u32,
-                    kb_per_split: kb_per_split as u32,
-                    n_tiles: n_tiles as u32,
-                    splits: splits as u32,
-                    group_blocks: (w.granularity.group_size().unwrap_or(0) / BLOCK_K) as u32,
-                    sg_stride: ch.nc.div_ceil(4) as u32,
-                    x_stride: (kp / 4) as u32,
-                    m0: row0 as u32,
-                })?;
-                let bind_group = self.bind(
-                    &pipeline,
-                    &[
-                        params.as_entire_binding(),
-                        ch.qweight.as_entire_binding(),
-                        ch.group_scales.as_entire_binding(),
-                        x.values.as_entire_binding(),
-                        acc.as_entire_binding(),
-                    ],
-                );
-                dispatches.push(Dispatch {
-                    pipeline: pipeline.clone(),
-                    bind_group,
-                    groups: self.grid("small-M GEMM workgroups", n_tiles * splits)?,
-                });
-                keep.push(params);
-            }
-        }
-
-        let epi = self.pipeline(entry::EPILOGUE, shaders::EPILOGUE.name, None)?;
-        let epi_params = self.uniform(&EpilogueParams { count: (m * y_stride) as u32, ..ep })?;
-        let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
-        dispatches.push(Dispatch {
-            bind_group: self.bind(
-                &epi,
+        for ch in &w.chunks {
+            let n_tiles = ch.nc.div_ceil(shaders::DECODE_COLS);
+            let params = self.uniform(&DecodeParams {
+                m: m as u32,
+                n_chunk: ch.nc as u32,
+                n_offset: ch.n0 as u32,
+                kb_total: (kp / BLOCK_K) as u32,
+                n_tiles: n_tiles as u32,
+                row_blocks: row_blocks as u32,
+                per_group,
+                group_shift,
+                sg_stride: ch.nc.div_ceil(4) as u32,
+                x_stride: (kp / 16) as u32,
+                y_stride: n.div_ceil(2) as u32,
+                has_bias: w.bias.is_some() as u32,
+                fence: 0,
+                pad: [0; 3],
+            })?;
+            let bind_group = self.bind(
+                &pipeline,
                 &[
-                    epi_params.as_entire_binding(),
-                    acc.as_entire_binding(),
+                    params.as_entire_binding(),
+                    ch.qweight.as_entire_binding(),
+                    ch.group_scales.as_entire_binding(),
+                    x.values.as_entire_binding(),
                     x.scales.as_entire_binding(),
                     w.channel_scales.as_entire_binding(),
                     bias.as_entire_binding(),
                     y.buffer.as_entire_binding(),
                 ],
-            ),
-            pipeline: epi,
-            groups: self.grid("epilogue workgroups", (m * y_stride).div_ceil(EPI_WG))?,
-        });
-        keep.extend([epi_params, acc, dummy_bias]);
+            );
+            dispatches.push(Dispatch {
+                pipeline: pipeline.clone(),
+                bind_group,
+                groups: self.grid("decode GEMM workgroups", n_tiles * row_blocks)?,
+            });
+            keep.push(params);
+        }
+        keep.push(dummy_bias);
         Ok((dispatches, keep))
+    }
+
+    /// The decode kernel's workgroup memory at `tm` rows against the device's limit (under
+    /// [`WgpuOptions::max_workgroup_storage_bytes`]); its 256 invocations are checked when the
+    /// backend is made.
+    fn check_decode_workgroup(&self, tm: u32) -> Result<()> {
+        let bytes = shaders::decode_workgroup_bytes(tm);
+        let limit = self.max_workgroup_bytes;
+        if bytes > limit {
+            return Err(Error::OverDeviceLimit {
+                what: "decode GEMM workgroup memory (partial sums)",
+                requested: bytes,
+                limit,
+                limit_name: "max_compute_workgroup_storage_size",
+            });
+        }
+        Ok(())
     }
 
     fn tiled_dispatches(
@@ -1056,8 +1329,10 @@ impl WgpuBackend {
             let what = "activation/output rows of one dispatch (M, or 128 when M is split)";
             self.check_binding(what, m.min(ROW_CHUNK_ALIGN) as u64 * row_bytes)?;
         }
-        let pipeline = self.pipeline(entry::GEMM_TILED, shaders::GEMM_TILED.name, None)?;
-        let dummy_bias = self.storage_empty("w4a8 no-bias placeholder", 4)?;
+        let variant = self.tiled_variant()?;
+        let spec = variant.w4a8;
+        let pipeline = self.pipeline(spec.entry_points[0], spec.name, None)?;
+        let dummy_bias = self.no_bias_placeholder()?;
         let bias = w.bias.as_ref().unwrap_or(&dummy_bias);
         let mut dispatches = Vec::new();
         let mut keep = Vec::new();
@@ -1065,20 +1340,20 @@ impl WgpuBackend {
             let rows = (m - row0).min(rows_per);
             let slice = |buf, per_row| row_slice(buf, row0, rows, per_row);
             for ch in &w.chunks {
-                let (m_tiles, n_tiles) = (rows.div_ceil(TILE), ch.nc.div_ceil(TILE));
+                let (m_tiles, n_tiles) = (rows.div_ceil(variant.tile), ch.nc.div_ceil(variant.tile));
                 let params = self.uniform(&TiledParams {
                     m: rows as u32,
                     n_chunk: ch.nc as u32,
                     n_offset: ch.n0 as u32,
-                    n_total: n as u32,
                     kb_total: (kp / BLOCK_K) as u32,
-                    m_tiles: m_tiles as u32,
                     n_tiles: n_tiles as u32,
+                    tiles: (m_tiles * n_tiles) as u32,
                     group_blocks: (w.granularity.group_size().unwrap_or(0) / BLOCK_K) as u32,
                     sg_stride: ch.nc.div_ceil(4) as u32,
-                    x_stride: (kp / 4) as u32,
+                    x_stride: (kp / 16) as u32,
                     y_stride: y_stride as u32,
                     has_bias: w.bias.is_some() as u32,
+                    fence: 0,
                 })?;
                 let bind_group = self.bind(
                     &pipeline,
@@ -1105,6 +1380,26 @@ impl WgpuBackend {
         Ok((dispatches, keep))
     }
 
+    /// The largest size of the tiled GEMMs whose workgroup memory and invocations the device allows.
+    fn tiled_variant(&self) -> Result<shaders::TiledVariant> {
+        let invocations = self.limits.max_compute_invocations_per_workgroup as usize;
+        let fits = |v: &&shaders::TiledVariant| {
+            v.workgroup_bytes() <= self.max_workgroup_bytes && v.invocations() <= invocations
+        };
+        match shaders::TILED_VARIANTS.iter().find(fits) {
+            Some(v) => Ok(*v),
+            None => {
+                let smallest = shaders::TILED_VARIANTS[shaders::TILED_VARIANTS.len() - 1];
+                Err(Error::OverDeviceLimit {
+                    what: "tiled GEMM workgroup memory (double-buffered staged tiles)",
+                    requested: smallest.workgroup_bytes(),
+                    limit: self.max_workgroup_bytes,
+                    limit_name: "max_compute_workgroup_storage_size",
+                })
+            }
+        }
+    }
+
     /// Weight columns per chunk: as many as one storage binding holds (`prepare` splits N by it).
     fn weight_chunk_columns(&self, k: usize) -> Result<usize> {
         let bytes_per_col = (layout::padded_k(k) / 2) as u64;
@@ -1128,7 +1423,7 @@ impl WgpuBackend {
         y: &mut WgpuOutput,
         kernel: GemmKernel,
     ) -> Result<()> {
-        self.scoped(|| {
+        self.unscoped(|| {
             let (dispatches, _keep) = self.gemm_dispatches(x, w, y, kernel)?;
             self.submit(&dispatches, None);
             Ok(())
@@ -1196,12 +1491,13 @@ impl WgpuBackend {
     // ---------------------------------------------------------------------------------------
     // f16 baseline
 
-    /// Uploads a rows × cols row-major f16 matrix for [`WgpuBackend::f16_gemm`].
+    /// Uploads a rows × cols row-major f16 matrix for [`WgpuBackend::f16_gemm`] (rows padded with
+    /// zeros to a multiple of 8 f16, whole 16-byte vectors for the kernel's loads).
     pub fn upload_f16(&self, data: &[f16], rows: usize, cols: usize) -> Result<F16Matrix> {
         w4a8_core::format::check_nonzero("rows", rows)?;
         w4a8_core::format::check_nonzero("columns", cols)?;
         w4a8_core::format::check_len("f16 matrix (rows·cols)", rows * cols, data.len())?;
-        let stride = cols.next_multiple_of(2);
+        let stride = cols.next_multiple_of(F16_ROW_ALIGN);
         let mut padded = vec![f16::ZERO; rows * stride];
         for (dst, src) in padded.chunks_mut(stride).zip(data.chunks(cols)) {
             dst[..cols].copy_from_slice(src);
@@ -1228,15 +1524,17 @@ impl WgpuBackend {
         w4a8_core::format::check_len("output columns (N)", w.rows, y.n)?;
         self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
         let (m, n, k) = (x.rows, w.rows, x.cols);
-        let (m_tiles, n_tiles) = (m.div_ceil(TILE), n.div_ceil(TILE));
-        let pipeline = self.pipeline(entry::F16_GEMM, shaders::F16_GEMM.name, None)?;
+        let variant = self.tiled_variant()?;
+        let (m_tiles, n_tiles) = (m.div_ceil(variant.tile), n.div_ceil(variant.tile));
+        let ks = k.next_multiple_of(F16_ROW_ALIGN);
+        let pipeline = self.pipeline(variant.f16.entry_points[0], variant.f16.name, None)?;
         let params = self.uniform(&F16Params {
             m: m as u32,
             n: n as u32,
-            k: k as u32,
-            k_stride: k.div_ceil(2) as u32,
-            m_tiles: m_tiles as u32,
+            steps: ks.div_ceil(shaders::TILED_F16_STEP_K) as u32,
+            x_stride: (ks / F16_ROW_ALIGN) as u32,
             n_tiles: n_tiles as u32,
+            tiles: (m_tiles * n_tiles) as u32,
             y_stride: n.div_ceil(2) as u32,
             pad: 0,
         })?;
@@ -1450,6 +1748,8 @@ impl Gemm for WgpuBackend {
                 k: k as u32,
                 x_stride: (kp / 4) as u32,
                 has_smooth: smooth.is_some() as u32,
+                fence: 0,
+                pad: [0; 3],
             })?;
             let bind_group = self.bind(
                 &pipeline,
@@ -1521,17 +1821,27 @@ impl Gemm for WgpuBackend {
     fn kernel_plan(&self, m: usize, n: usize, k: usize, granularity: Granularity) -> Result<KernelPlan> {
         check_plan_args(m, n, k, granularity)?;
         let chunks = layout::chunk_ranges(n, self.weight_chunk_columns(k)?);
-        let kb_total = layout::padded_k(k) / BLOCK_K;
-        let plan = if m <= shaders::SMALL_M_MAX {
-            let (kb_per_split, splits) = small_m_splits(chunks[0].1, kb_total);
-            let tm = shaders::SMALL_M_TILES.iter().find(|&&t| t as usize >= m).unwrap_or(&16);
-            KernelPlan::new([entry::ZERO_ACCUMULATORS, entry::GEMM_SMALL_M, entry::EPILOGUE])
+        let plan = if m <= shaders::DECODE_M_MAX {
+            // One dispatch per weight chunk; the grid and memory exactly as `decode_dispatches`.
+            let tm = decode_row_tile(m);
+            self.check_decode_workgroup(tm)?;
+            decode_groups(granularity)?;
+            let tiles: usize = chunks.iter().map(|&(_, nc)| nc.div_ceil(shaders::DECODE_COLS)).sum();
+            KernelPlan::new([entry::GEMM_DECODE])
                 .with("rows", tm)
-                .with("columns per workgroup", SMALL_M_COLS)
-                .with("k per split", kb_per_split * BLOCK_K)
-                .with("splits", splits)
+                .with("columns per workgroup", shaders::DECODE_COLS)
+                .with("k slices per workgroup", shaders::DECODE_SLICES)
+                .with("16-byte weight loads in flight per invocation", shaders::DECODE_UNROLL)
+                .with("workgroups", tiles * m.div_ceil(tm as usize))
+                .with("workgroup memory bytes", shaders::decode_workgroup_bytes(tm))
         } else {
-            KernelPlan::new([entry::GEMM_TILED]).with("tile", format!("{TILE}x{TILE}x{BLOCK_K}"))
+            let v = self.tiled_variant()?;
+            let step = shaders::TILED_W4A8_STEP_K;
+            KernelPlan::new([v.w4a8.entry_points[0]])
+                .with("tile (rows x columns x k per barrier)", format!("{0}x{0}x{step}", v.tile))
+                .with("outputs per invocation", "8x8")
+                .with("invocations", v.invocations())
+                .with("workgroup memory bytes", v.workgroup_bytes())
         };
         Ok(plan.with("weight chunks", chunks.len()))
     }

@@ -28,8 +28,9 @@ use w4a8_core::{Granularity, Result, W4A8Weights};
 /// K per block of the shaders (one vec4<u32> of nibbles per column).
 pub const BLOCK_K: usize = 32;
 
-/// Columns per workgroup tile; weight chunks are cut at multiples of it (so chunk offsets are even,
-/// as the two-f16-per-word output needs).
+/// Weight chunks are cut at multiples of this many columns: chunk offsets stay even, as the
+/// two-f16-per-word output needs, and whole tiles of the kernels' column widths up to 64 (a chunk of
+/// an odd number of 64s leaves the 128-column tiled GEMM a partial tile, handled as an N tail).
 pub const CHUNK_ALIGN_N: usize = 64;
 
 /// K rounded up to a whole block.

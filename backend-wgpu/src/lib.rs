@@ -6,12 +6,16 @@
 //! `Y = f16(((f32(acc) · s_x[m]) · s_ch[n]) + bias[n])`, bit-for-bit the CPU oracle's.
 //!
 //! Kernels (sources in `shaders/`, entry points in [`shaders`]):
-//! - M ≤ 16: `w4a8_gemm_small_m`, split-K with an exact int32 atomic reduction, then
-//!   `w4a8_epilogue`;
-//! - M > 16: `w4a8_gemm_tiled`, 64×64 workgroup tiles with the epilogue fused;
+//! - M ≤ 16: `w4a8_gemm_decode`, one dispatch: 16 columns per workgroup, K split over its 256
+//!   invocations and reduced in workgroup memory in a fixed order (no atomics), epilogue fused;
+//! - M > 16: `w4a8_gemm_tiled_128`, 128×128 workgroup tiles of 256 invocations with 8×8 outputs
+//!   each, 64 k per barrier from double-buffered k-major int8 tiles (weights dequantized once per
+//!   workgroup while staging), epilogue fused; `w4a8_gemm_tiled_64` (64×64, 64 invocations) where
+//!   the device allows only 16 KiB of workgroup memory;
 //! - `quantize_activations` (workgroup-memory reduction) or `quantize_activations_subgroup`
 //!   (subgroupMax) when the adapter has subgroups;
-//! - `f16_gemm_tiled`, our f16 GEMM baseline for the benches.
+//! - `f16_gemm_tiled_128` / `_64`, our f16 GEMM baseline for the benches: the same tiling, f32
+//!   accumulation, 16 k (f32-staged) per barrier.
 //!
 //! ```no_run
 //! use w4a8_core::Gemm;

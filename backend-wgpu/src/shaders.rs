@@ -2,10 +2,19 @@
 //!
 //! A shader module is one or more files from `shaders/` joined in order; the first file starts with
 //! the `requires packed_4x8_integer_dot_product;` directive and `common.wgsl` (functions only) comes
-//! last, since WGSL declarations may be used before they appear.
+//! last (then `softfloat.wgsl`, `epilogue_exact.wgsl` and `quantize_exact.wgsl`), since WGSL declarations may be used before they appear.
 
 /// The helpers every module appends (f16 ⇄ f32 bit conversions, int4 unpacking).
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// Exactly rounded f32 arithmetic in integer operations, appended to every module after `common.wgsl`.
+const SOFTFLOAT: &str = include_str!("../../shaders/softfloat.wgsl");
+
+/// The exact W4A8 output value (`epilogue_f16_bits`), appended after it.
+const EPILOGUE_EXACT: &str = include_str!("../../shaders/epilogue_exact.wgsl");
+
+/// The exact activation quantization, element by element, appended last.
+const QUANTIZE_EXACT: &str = include_str!("../../shaders/quantize_exact.wgsl");
 
 /// One shader module: its parts and the entry points the backend looks up in it.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +37,10 @@ impl ShaderModuleSpec {
             s.push_str(part);
             s.push('\n');
         }
-        s.push_str(COMMON);
+        for part in [COMMON, SOFTFLOAT, EPILOGUE_EXACT, QUANTIZE_EXACT] {
+            s.push_str(part);
+            s.push('\n');
+        }
         s
     }
 }
@@ -55,41 +67,113 @@ pub const QUANTIZE_SUBGROUP: ShaderModuleSpec = ShaderModuleSpec {
     entry_points: &[entry::QUANTIZE_SUBGROUP],
 };
 
-/// The split-K decode GEMM (M ≤ 16).
-pub const GEMM_SMALL_M: ShaderModuleSpec = ShaderModuleSpec {
-    name: "w4a8_gemm_small_m",
-    parts: &[include_str!("../../shaders/w4a8_gemm_small_m.wgsl")],
+/// The decode GEMM (M ≤ 16): one dispatch, K reduced inside the workgroup, epilogue fused.
+pub const GEMM_DECODE: ShaderModuleSpec = ShaderModuleSpec {
+    name: "w4a8_gemm_decode",
+    parts: &[include_str!("../../shaders/w4a8_gemm_decode.wgsl")],
     needs_subgroups: false,
-    entry_points: &[entry::GEMM_SMALL_M],
+    entry_points: &[entry::GEMM_DECODE],
 };
 
-/// Clearing the split-K accumulators and the epilogue that follows them.
-pub const EPILOGUE: ShaderModuleSpec = ShaderModuleSpec {
-    name: "w4a8_epilogue",
-    parts: &[include_str!("../../shaders/w4a8_epilogue.wgsl")],
+/// The tiled prefill GEMM with the fused epilogue, 128×128 tiles (needs 32 KiB of workgroup memory).
+pub const GEMM_TILED_128: ShaderModuleSpec = ShaderModuleSpec {
+    name: "w4a8_gemm_tiled_128",
+    parts: &[
+        include_str!("../../shaders/w4a8_gemm_tiled_128.wgsl"),
+        include_str!("../../shaders/w4a8_gemm_tiled.wgsl"),
+    ],
     needs_subgroups: false,
-    entry_points: &[entry::ZERO_ACCUMULATORS, entry::EPILOGUE],
+    entry_points: &[entry::GEMM_TILED_128],
 };
 
-/// The tiled prefill GEMM with the fused epilogue.
-pub const GEMM_TILED: ShaderModuleSpec = ShaderModuleSpec {
-    name: "w4a8_gemm_tiled",
-    parts: &[include_str!("../../shaders/w4a8_gemm_tiled.wgsl")],
+/// The tiled prefill GEMM, 64×64 tiles (16 KiB of workgroup memory, WebGPU's default limit).
+pub const GEMM_TILED_64: ShaderModuleSpec = ShaderModuleSpec {
+    name: "w4a8_gemm_tiled_64",
+    parts: &[
+        include_str!("../../shaders/w4a8_gemm_tiled_64.wgsl"),
+        include_str!("../../shaders/w4a8_gemm_tiled.wgsl"),
+    ],
     needs_subgroups: false,
-    entry_points: &[entry::GEMM_TILED],
+    entry_points: &[entry::GEMM_TILED_64],
 };
 
-/// The f16 GEMM baseline.
-pub const F16_GEMM: ShaderModuleSpec = ShaderModuleSpec {
-    name: "f16_gemm",
-    parts: &[include_str!("../../shaders/f16_gemm.wgsl")],
+/// The f16 GEMM baseline, 128×128 tiles (32 KiB of workgroup memory).
+pub const F16_GEMM_128: ShaderModuleSpec = ShaderModuleSpec {
+    name: "f16_gemm_128",
+    parts: &[include_str!("../../shaders/f16_gemm_128.wgsl"), include_str!("../../shaders/f16_gemm.wgsl")],
     needs_subgroups: false,
-    entry_points: &[entry::F16_GEMM],
+    entry_points: &[entry::F16_GEMM_128],
+};
+
+/// The f16 GEMM baseline, 64×64 tiles (16 KiB of workgroup memory).
+pub const F16_GEMM_64: ShaderModuleSpec = ShaderModuleSpec {
+    name: "f16_gemm_64",
+    parts: &[include_str!("../../shaders/f16_gemm_64.wgsl"), include_str!("../../shaders/f16_gemm.wgsl")],
+    needs_subgroups: false,
+    entry_points: &[entry::F16_GEMM_64],
+};
+
+/// One size of the two tiled GEMMs (`w4a8_gemm_tiled.wgsl` and `f16_gemm.wgsl`, which share their
+/// tiling): a workgroup of `(tile/8)²` invocations computes a `tile × tile` block of the output,
+/// 8 × 8 outputs per invocation, from operands staged in double-buffered k-major vec4 tiles.
+#[derive(Clone, Copy, Debug)]
+pub struct TiledVariant {
+    /// Rows and columns of one workgroup's output tile (`8 · TG` in the shaders).
+    pub tile: usize,
+    /// The W4A8 GEMM of this size.
+    pub w4a8: ShaderModuleSpec,
+    /// The f16 baseline of this size.
+    pub f16: ShaderModuleSpec,
+}
+
+impl TiledVariant {
+    /// Invocations per workgroup (`TG · TG`).
+    pub const fn invocations(&self) -> usize {
+        (self.tile / 8) * (self.tile / 8)
+    }
+
+    /// Workgroup memory of either kernel: two buffers × two operands × 4 k-slices × `tile` slots
+    /// of one 16-byte vec4 (`xs`/`ws` int8×16 per 64-k step, `fxs`/`fws` f32×4 per 16-k step).
+    pub const fn workgroup_bytes(&self) -> u64 {
+        (2 * 2 * TILED_K_SLICES * self.tile * 16) as u64
+    }
+}
+
+/// k-slices (vec4 of k) per staged step of the tiled GEMMs (`KQ`): 64 k of int8, 16 k of f32.
+pub const TILED_K_SLICES: usize = 4;
+
+/// K per barrier of the tiled W4A8 GEMM (`KQ` slices of 16 int8).
+pub const TILED_W4A8_STEP_K: usize = TILED_K_SLICES * 16;
+
+/// K per barrier of the f16 baseline (`KQ` slices of 4 f32).
+pub const TILED_F16_STEP_K: usize = TILED_K_SLICES * 4;
+
+/// The tiled sizes, largest first; the backend takes the first whose workgroup memory fits.
+pub const TILED_VARIANTS: [TiledVariant; 2] = [
+    TiledVariant { tile: 128, w4a8: GEMM_TILED_128, f16: F16_GEMM_128 },
+    TiledVariant { tile: 64, w4a8: GEMM_TILED_64, f16: F16_GEMM_64 },
+];
+
+/// Test-only (not in [`MODULES`], never compiled by the backend): the exact-arithmetic functions
+/// applied to a list of cases, so the tests can compare them with the CPU's.
+#[doc(hidden)]
+pub const EXACT_CHECK: ShaderModuleSpec = ShaderModuleSpec {
+    name: "exact_check",
+    parts: &[include_str!("../../shaders/exact_check.wgsl")],
+    needs_subgroups: false,
+    entry_points: &["exact_check"],
 };
 
 /// Every module, in the order the backend compiles them.
-pub const MODULES: [ShaderModuleSpec; 6] =
-    [QUANTIZE_SHARED, QUANTIZE_SUBGROUP, GEMM_SMALL_M, EPILOGUE, GEMM_TILED, F16_GEMM];
+pub const MODULES: [ShaderModuleSpec; 7] = [
+    QUANTIZE_SHARED,
+    QUANTIZE_SUBGROUP,
+    GEMM_DECODE,
+    GEMM_TILED_128,
+    GEMM_TILED_64,
+    F16_GEMM_128,
+    F16_GEMM_64,
+];
 
 /// Entry-point names, spelled once.
 pub mod entry {
@@ -97,21 +181,36 @@ pub mod entry {
     pub const QUANTIZE: &str = "quantize_activations";
     /// `quantize_reduce_subgroup.wgsl`.
     pub const QUANTIZE_SUBGROUP: &str = "quantize_activations_subgroup";
-    /// `w4a8_gemm_small_m.wgsl`.
-    pub const GEMM_SMALL_M: &str = "w4a8_gemm_small_m";
-    /// `w4a8_epilogue.wgsl`.
-    pub const ZERO_ACCUMULATORS: &str = "zero_accumulators";
-    /// `w4a8_epilogue.wgsl`.
-    pub const EPILOGUE: &str = "w4a8_epilogue";
-    /// `w4a8_gemm_tiled.wgsl`.
-    pub const GEMM_TILED: &str = "w4a8_gemm_tiled";
-    /// `f16_gemm.wgsl`.
-    pub const F16_GEMM: &str = "f16_gemm_tiled";
+    /// `w4a8_gemm_decode.wgsl`.
+    pub const GEMM_DECODE: &str = "w4a8_gemm_decode";
+    /// `w4a8_gemm_tiled_128.wgsl`.
+    pub const GEMM_TILED_128: &str = "w4a8_gemm_tiled_128";
+    /// `w4a8_gemm_tiled_64.wgsl`.
+    pub const GEMM_TILED_64: &str = "w4a8_gemm_tiled_64";
+    /// `f16_gemm_128.wgsl`.
+    pub const F16_GEMM_128: &str = "f16_gemm_tiled_128";
+    /// `f16_gemm_64.wgsl`.
+    pub const F16_GEMM_64: &str = "f16_gemm_tiled_64";
 }
 
-/// The row counts the small-M kernel is specialised for (its `TM` override); the backend picks the
+/// The row counts the decode kernel is specialised for (its `TM` override); the backend picks the
 /// smallest one ≥ M.
-pub const SMALL_M_TILES: [u32; 5] = [1, 2, 4, 8, 16];
+pub const DECODE_ROW_TILES: [u32; 5] = [1, 2, 4, 8, 16];
 
-/// Largest M that takes the small-M (decode) path.
-pub const SMALL_M_MAX: usize = 16;
+/// Largest M that takes the decode path.
+pub const DECODE_M_MAX: usize = 16;
+
+/// Columns of one decode workgroup (`COLS` in `w4a8_gemm_decode.wgsl`).
+pub const DECODE_COLS: usize = 16;
+
+/// K slices of one decode workgroup (`SLICES`); `DECODE_COLS · DECODE_SLICES` invocations.
+pub const DECODE_SLICES: usize = 16;
+
+/// Weight blocks (16 bytes each) every decode invocation loads before using any (`UNROLL`).
+pub const DECODE_UNROLL: usize = 4;
+
+/// Workgroup memory of the decode kernel at `tm` rows: the tree's partial sums, `DECODE_SLICES / 2`
+/// slices × `DECODE_COLS` columns × `tm` rows of i32 (`RED_WORDS`).
+pub const fn decode_workgroup_bytes(tm: u32) -> u64 {
+    (DECODE_SLICES / 2 * DECODE_COLS) as u64 * tm as u64 * 4
+}

@@ -23,7 +23,7 @@ fn live_bytes_follow_the_handles_and_return_to_zero() {
     let mut y = b.alloc_output(5, 200, f16::NAN).unwrap();
     let handles = b.device_bytes();
     assert!(handles > after_prepare);
-    // A GEMM and a read allocate transient buffers (accumulators, uniforms, staging) and free them.
+    // A GEMM and a read allocate transient buffers (uniforms, placeholders, staging) and free them.
     b.gemm_into(&xd, &wd, &mut y).unwrap();
     assert_bits_eq(&b.read_output(&y).unwrap(), &reference_gemm(&x, &w).unwrap(), 200, "gemm");
     assert_eq!(b.device_bytes(), handles, "transient buffers outlived their call");

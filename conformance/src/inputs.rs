@@ -3,10 +3,26 @@
 
 use half::f16;
 use proptest::prelude::*;
+use w4a8_core::oracle::dot_i8;
 use w4a8_core::quantize::quantize_activations;
 use w4a8_core::{GROUP_SIZES, Granularity, QuantizedActivations, W4A8Weights};
 
 pub use w4a8_core::rng::SplitMix64 as Rng;
+
+/// Which values fill a problem: the typical spread, or a spread aimed at one way GPU float
+/// arithmetic can drift from the oracle's single correctly rounded f32 operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// Outlier channels, zero rows, the whole int4 range, channel scales 2^[-16, -8], bias in [-2, 2].
+    Typical,
+    /// Typical, except that each column's bias cancels `(f32(acc) · s_x) · s_ch` of one row to within
+    /// a few f32 ulps: the output is the rounding residue, so an epilogue contracted into an FMA (or
+    /// with its products reassociated) differs at once.
+    CancellingBias,
+    /// Activation scales and some channel scales and biases in or near the f32 subnormal range: a
+    /// driver that flushes subnormals changes outputs (signed zeros included).
+    Subnormal,
+}
 
 /// A GEMM problem: dimensions, granularity and a seed for the values.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +39,8 @@ pub struct GemmShape {
     pub bias: bool,
     /// Seed of the values.
     pub seed: u64,
+    /// Which values.
+    pub values: Values,
 }
 
 /// Shapes with M ∈ [1, max_m] (M = 1 and odd M weighted up), N and K tails, every granularity.
@@ -34,13 +52,17 @@ pub fn gemm_shapes(max_m: usize, max_n: usize, max_groups: usize) -> impl Strate
         proptest::sample::select(GROUP_SIZES.to_vec())
             .prop_map(|group_size| Granularity::PerGroup { group_size }),
     ];
-    (m, n, gran, 1..=max_groups, 1..=(max_groups * 128), any::<bool>(), any::<u64>()).prop_map(
-        |(m, n, granularity, groups, free_k, bias, seed)| {
+    let values =
+        prop_oneof![3 => Just(Values::Typical), 1 => Just(Values::CancellingBias), 1 => Just(Values::Subnormal)];
+    (m, n, gran, 1..=max_groups, 1..=(max_groups * 128), any::<bool>(), any::<u64>(), values).prop_map(
+        |(m, n, granularity, groups, free_k, bias, seed, values)| {
             let k = match granularity {
                 Granularity::PerChannel => free_k,
                 Granularity::PerGroup { group_size } => group_size * groups,
             };
-            GemmShape { m, n, k, granularity, bias, seed }
+            // A cancelling bias needs a bias.
+            let bias = bias || values == Values::CancellingBias;
+            GemmShape { m, n, k, granularity, bias, seed, values }
         },
     )
 }
@@ -76,10 +98,75 @@ pub fn weights(rng: &mut Rng, n: usize, k: usize, granularity: Granularity, bias
     W4A8Weights::from_int4(n, k, granularity, &q, s_ch, s_g, b).expect("generated weights are valid")
 }
 
+/// The oracle's `(f32(acc) · s_x) · s_ch` of one output, before any bias.
+fn product(x: &QuantizedActivations, w: &W4A8Weights, row: usize, col: usize) -> f32 {
+    let acc = dot_i8(&x.values()[row * x.k()..(row + 1) * x.k()], &w.int8_row(col));
+    (acc as f32 * x.scales()[row]) * w.channel_scales()[col]
+}
+
+/// `f` moved by `ulps` units in the last place (never across zero: callers pass normal values).
+fn nudge(f: f32, ulps: i64) -> f32 {
+    f32::from_bits((f.to_bits() as i64 + ulps) as u32)
+}
+
+/// A bias per column from the product of one random row of that column.
+fn bias_from_products(
+    rng: &mut Rng,
+    x: &QuantizedActivations,
+    w: &W4A8Weights,
+    mut pick: impl FnMut(&mut Rng, f32) -> f32,
+) -> Vec<f32> {
+    (0..w.n())
+        .map(|col| {
+            let row = rng.int(0, x.m() as i64 - 1) as usize;
+            let p = product(x, w, row, col);
+            pick(rng, p)
+        })
+        .collect()
+}
+
+/// [`Values::CancellingBias`]: bias = −p moved by up to 3 ulps, p the product of a random row.
+fn cancelling_inputs(rng: &mut Rng, s: &GemmShape) -> (QuantizedActivations, W4A8Weights) {
+    let x = activations(rng, s.m, s.k);
+    let w = weights(rng, s.n, s.k, s.granularity, false);
+    let bias = bias_from_products(rng, &x, &w, |rng, p| {
+        if p.is_normal() { nudge(-p, rng.int(-3, 3)) } else { rng.range(-2.0, 2.0) }
+    });
+    (x, w.with_bias(Some(bias)).expect("generated bias is finite"))
+}
+
+/// [`Values::Subnormal`]: activation scales 2^[-149, -100] (about half of them subnormal), channel
+/// scales 2^[-30, 20] (a tenth subnormal), biases that cancel, tiny biases and zero biases.
+fn subnormal_inputs(rng: &mut Rng, s: &GemmShape) -> (QuantizedActivations, W4A8Weights) {
+    let typical = activations(rng, s.m, s.k);
+    let sx = typical.scales().iter().map(|&v| if v == 0.0 { 0.0 } else { rng.range(-149.0, -100.0).exp2() }).collect();
+    let x = QuantizedActivations::new(s.m, s.k, typical.values().to_vec(), sx).expect("scales are valid");
+    let w = weights(rng, s.n, s.k, s.granularity, false);
+    let s_ch = (0..s.n)
+        .map(|_| if rng.chance(0.1) { rng.range(-149.0, -127.0).exp2() } else { rng.range(-30.0, 20.0).exp2() })
+        .collect();
+    let w = W4A8Weights::from_int4(s.n, s.k, s.granularity, &w.int4(), s_ch, w.group_scales().to_vec(), None)
+        .expect("generated weights are valid");
+    let bias = s.bias.then(|| {
+        bias_from_products(rng, &x, &w, |rng, p| match rng.int(0, 2) {
+            0 => -p,
+            1 => rng.range(-1.0, 1.0) * rng.range(-149.0, -120.0).exp2(),
+            _ => 0.0,
+        })
+    });
+    (x, w.with_bias(bias).expect("generated bias is finite"))
+}
+
 /// The inputs of a [`GemmShape`].
 pub fn gemm_inputs(s: &GemmShape) -> (QuantizedActivations, W4A8Weights) {
     let mut rng = Rng::new(s.seed);
-    (activations(&mut rng, s.m, s.k), weights(&mut rng, s.n, s.k, s.granularity, s.bias))
+    match s.values {
+        Values::Typical => {
+            (activations(&mut rng, s.m, s.k), weights(&mut rng, s.n, s.k, s.granularity, s.bias))
+        }
+        Values::CancellingBias => cancelling_inputs(&mut rng, s),
+        Values::Subnormal => subnormal_inputs(&mut rng, s),
+    }
 }
 
 /// f16 activations for the on-device quantizer, with an optional smoothing vector 2^[-3, 3].
@@ -87,4 +174,61 @@ pub fn f16_activations(rng: &mut Rng, m: usize, k: usize, smooth: bool) -> (Vec<
     let x = float_activations(rng, m, k).into_iter().map(f16::from_f32).collect();
     let s = smooth.then(|| (0..k).map(|_| rng.range(-3.0, 3.0).exp2()).collect());
     (x, s)
+}
+
+/// Which values the on-device quantizer gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationValues {
+    /// [`f16_activations`].
+    Typical,
+    /// Quotients `x' / s_x` within a few f32 ulps of `n + 0.5`, many exactly on it: a division that is
+    /// not correctly rounded (WGSL, Vulkan and Metal allow 2.5 ulp), or a rounding that is not ties
+    /// to even, changes codes. Built through the smoothing vector, which sets each x' to any f32.
+    Ties,
+    /// Smoothing factors that make x' subnormal (some rows entirely, so s_x is subnormal too).
+    Subnormal,
+}
+
+/// f16 activations and a smoothing vector for [`ActivationValues`] (`Typical` smooths or not at random).
+pub fn quantizer_inputs(rng: &mut Rng, m: usize, k: usize, values: ActivationValues) -> (Vec<f16>, Option<Vec<f32>>) {
+    match values {
+        ActivationValues::Typical => {
+            let smooth = rng.chance(0.5);
+            f16_activations(rng, m, k, smooth)
+        }
+        ActivationValues::Ties => {
+            // Column 0 sets the row maximum r, so s_x = fl(r / 127) (times the row's power of two);
+            // column j > 0 holds t · s_x for a t near a tie, which makes fl(x' / s_x) land on or next
+            // to t. Rows scale by exact powers of two and flip signs, which keeps the quotients.
+            let r = rng.range(0.5, 4.0);
+            let s0 = r / 127.0;
+            let smooth: Vec<f32> = (0..k)
+                .map(|j| {
+                    if j == 0 {
+                        return r;
+                    }
+                    let t = rng.int(0, 126) as f32 + 0.5;
+                    nudge(t * s0, rng.int(-2, 2)).min(r)
+                })
+                .collect();
+            let x = (0..m)
+                .flat_map(|_| {
+                    let row_scale = (rng.int(-8, 8) as f32).exp2();
+                    let signs: Vec<f32> = (0..k).map(|_| if rng.chance(0.5) { -1.0 } else { 1.0 }).collect();
+                    signs.into_iter().map(move |sgn| f16::from_f32(sgn * row_scale))
+                })
+                .collect();
+            (x, Some(smooth))
+        }
+        ActivationValues::Subnormal => {
+            let x = float_activations(rng, m, k).into_iter().map(f16::from_f32).collect();
+            let all_tiny = rng.chance(0.5);
+            let smooth = (0..k)
+                .map(|_| {
+                    if all_tiny || rng.chance(0.5) { rng.range(-150.0, -126.0).exp2() } else { rng.range(-3.0, 3.0).exp2() }
+                })
+                .collect();
+            (x, Some(smooth))
+        }
+    }
 }

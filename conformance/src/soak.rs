@@ -15,7 +15,7 @@ use half::f16;
 use w4a8_core::oracle::reference_gemm;
 use w4a8_core::{Error, Gemm, Result};
 
-use crate::{check_within_one_ulp, mixed_inputs, mixed_shapes, quantize_gemm_read};
+use crate::{check_bit_equal, mixed_inputs, mixed_shapes, quantize_gemm_read};
 
 /// Resident memory of this process from `/proc/self/statm` (resident pages × 4 KiB, the page size
 /// of x86-64 and most aarch64 Linux), or `None` where there is no procfs.
@@ -100,7 +100,7 @@ pub fn long_run<B: Gemm>(
             }
             None => {
                 let xq = b.read_activations(&b.quantize_activations(x, s.m, s.k, None)?)?;
-                check_within_one_ulp(&got, &reference_gemm(&xq, w)?, s.n)
+                check_bit_equal(&got, &reference_gemm(&xq, w)?, s.n)
                     .map_err(|e| fail(cycle, format!("{s:?} against the oracle: {e}")))?;
                 first[i] = Some(got);
             }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use conformance::inputs::{GemmShape, Rng, gemm_inputs, gemm_shapes};
+use conformance::inputs::{GemmShape, Rng, Values, gemm_inputs, gemm_shapes};
 use conformance::w4a8_core::io::{Layer, layers_from_bytes, layers_to_bytes};
 use conformance::w4a8_core::pack::{pack_int4, unpack_int4};
 use conformance::w4a8_core::quantize::quantize_weights_rtn;
@@ -54,7 +54,15 @@ proptest! {
 #[test]
 fn rtn_error_is_bounded_by_half_a_step() {
     // Inside the clipping range, RTN is off by at most half a quantization step.
-    let s = GemmShape { m: 1, n: 16, k: 256, granularity: Granularity::PerChannel, bias: false, seed: 3 };
+    let s = GemmShape {
+        m: 1,
+        n: 16,
+        k: 256,
+        granularity: Granularity::PerChannel,
+        bias: false,
+        seed: 3,
+        values: Values::Typical,
+    };
     let mut rng = Rng::new(s.seed);
     let w: Vec<f32> = (0..s.n * s.k).map(|_| rng.range(-1.0, 1.0)).collect();
     let q = quantize_weights_rtn(&w, s.n, s.k, s.granularity, None).unwrap();

@@ -62,7 +62,7 @@ impl Batch {
             let got = quantize_gemm_read(b, x, s, wd).map_err(err("GEMM"))?;
             let xq = b.read_activations(&b.quantize_activations(x, s.m, s.k, None).map_err(err("quantize"))?);
             let want = reference_gemm(&xq.map_err(err("read"))?, w).map_err(err("oracle"))?;
-            conformance::check_within_one_ulp(&got, &want, s.n).map_err(|e| format!("{s:?}: {e}"))?;
+            conformance::check_bit_equal(&got, &want, s.n).map_err(|e| format!("{s:?}: {e}"))?;
             results.push(got);
         }
         Ok((Batch { shapes, inputs, results }, prepared))
