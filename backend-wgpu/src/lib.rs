@@ -17,6 +17,12 @@
 //! - `f16_gemm_tiled_128` / `_64`, our f16 GEMM baseline for the benches: the same tiling, f32
 //!   accumulation, 16 k (f32-staged) per barrier.
 //!
+//! Source map: [`WgpuBackend`] and device discovery, loss and error scopes in `device.rs`;
+//! shader modules, pipelines (all created at start-up) and dispatch recording in `pipelines.rs`;
+//! buffers, uniform blocks and readback in `buffers.rs`; the handles in `tensors.rs`; options in
+//! `options.rs`; one module per operation under `ops/` (activations, weights, the decode and tiled
+//! GEMMs, the f16 baseline, outputs), which also holds the `Gemm` implementation.
+//!
 //! ```no_run
 //! use w4a8_core::Gemm;
 //! let backend = w4a8_wgpu::WgpuBackend::new()?;
@@ -25,11 +31,16 @@
 //! ```
 #![warn(missing_docs)]
 
-mod backend;
+mod buffers;
+mod device;
 pub mod layout;
+mod ops;
+mod options;
+mod pipelines;
 pub mod shaders;
+mod tensors;
 
-pub use backend::{
-    F16Matrix, GemmKernel, TimerKind, WgpuActivations, WgpuBackend, WgpuOptions, WgpuOutput, WgpuWeights,
-};
+pub use device::WgpuBackend;
+pub use options::{GemmKernel, TimerKind, WgpuOptions};
+pub use tensors::{F16Matrix, WgpuActivations, WgpuOutput, WgpuWeights};
 pub use wgpu;

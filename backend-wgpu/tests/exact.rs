@@ -125,15 +125,21 @@ fn check(backend: &WgpuBackend, cases: &[Case]) {
             }
         }
     }
-    assert!(bad.is_empty(), "{} of {} cases differ, e.g.\n{}", bad.len(), cases.len(), bad[..bad.len().min(8)].join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} cases differ, e.g.\n{}",
+        bad.len(),
+        cases.len(),
+        bad[..bad.len().min(8)].join("\n")
+    );
 }
 
 /// A finite f32 whose exponent field is drawn from the whole range, edges weighted up.
 fn any_finite(rng: &mut Rng) -> u32 {
     let exp = match rng.int(0, 5) {
-        0 => rng.int(0, 2) as u32,       // zero, subnormal, smallest normals
-        1 => rng.int(252, 254) as u32,   // near overflow
-        2 => rng.int(100, 154) as u32,   // ordinary magnitudes
+        0 => rng.int(0, 2) as u32,     // zero, subnormal, smallest normals
+        1 => rng.int(252, 254) as u32, // near overflow
+        2 => rng.int(100, 154) as u32, // ordinary magnitudes
         _ => rng.int(0, 254) as u32,
     };
     let man = match rng.int(0, 5) {

@@ -17,6 +17,22 @@ fn every_pipeline_is_created_at_start_up() {
     eprintln!("{pipelines}");
 }
 
+/// The decode kernel runs without wgpu's bounds checks only while its source is the one whose
+/// indexing was reviewed (`TRUSTED_SHADERS` in `src/pipelines.rs` pins its hash). An edit to the
+/// kernel or to any file appended to it silently restores the checks; this test makes it loud, so
+/// that the edit comes with a fresh review and a new hash.
+#[test]
+fn the_reviewed_decode_kernel_runs_without_runtime_checks() {
+    let Some(b) = backend() else { return };
+    let unchecked = b.info().details.iter().find(|(k, _)| k == "shader modules without runtime checks");
+    let unchecked = unchecked.map(|(_, v)| v.as_str()).expect("DeviceInfo lists the unchecked modules");
+    assert!(
+        unchecked.split(", ").any(|m| m == "w4a8_gemm_decode"),
+        "w4a8_gemm_decode is compiled with runtime checks ({unchecked}): its source changed since its \
+         bounds review; re-read it and update its hash in TRUSTED_SHADERS (src/pipelines.rs)"
+    );
+}
+
 #[test]
 fn a_warm_gemm_after_destroy_reports_device_lost() {
     let Some(b) = backend() else { return };

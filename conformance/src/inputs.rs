@@ -52,8 +52,7 @@ pub fn gemm_shapes(max_m: usize, max_n: usize, max_groups: usize) -> impl Strate
         proptest::sample::select(GROUP_SIZES.to_vec())
             .prop_map(|group_size| Granularity::PerGroup { group_size }),
     ];
-    let values =
-        prop_oneof![3 => Just(Values::Typical), 1 => Just(Values::CancellingBias), 1 => Just(Values::Subnormal)];
+    let values = prop_oneof![3 => Just(Values::Typical), 1 => Just(Values::CancellingBias), 1 => Just(Values::Subnormal)];
     (m, n, gran, 1..=max_groups, 1..=(max_groups * 128), any::<bool>(), any::<u64>(), values).prop_map(
         |(m, n, granularity, groups, free_k, bias, seed, values)| {
             let k = match granularity {
@@ -139,12 +138,19 @@ fn cancelling_inputs(rng: &mut Rng, s: &GemmShape) -> (QuantizedActivations, W4A
 /// scales 2^[-30, 20] (a tenth subnormal), biases that cancel, tiny biases and zero biases.
 fn subnormal_inputs(rng: &mut Rng, s: &GemmShape) -> (QuantizedActivations, W4A8Weights) {
     let typical = activations(rng, s.m, s.k);
-    let sx = typical.scales().iter().map(|&v| if v == 0.0 { 0.0 } else { rng.range(-149.0, -100.0).exp2() }).collect();
+    let sx = typical
+        .scales()
+        .iter()
+        .map(|&v| if v == 0.0 { 0.0 } else { rng.range(-149.0, -100.0).exp2() })
+        .collect();
     let x = QuantizedActivations::new(s.m, s.k, typical.values().to_vec(), sx).expect("scales are valid");
     let w = weights(rng, s.n, s.k, s.granularity, false);
-    let s_ch = (0..s.n)
-        .map(|_| if rng.chance(0.1) { rng.range(-149.0, -127.0).exp2() } else { rng.range(-30.0, 20.0).exp2() })
-        .collect();
+    let s_ch =
+        (0..s.n)
+            .map(|_| {
+                if rng.chance(0.1) { rng.range(-149.0, -127.0).exp2() } else { rng.range(-30.0, 20.0).exp2() }
+            })
+            .collect();
     let w = W4A8Weights::from_int4(s.n, s.k, s.granularity, &w.int4(), s_ch, w.group_scales().to_vec(), None)
         .expect("generated weights are valid");
     let bias = s.bias.then(|| {
@@ -190,7 +196,12 @@ pub enum ActivationValues {
 }
 
 /// f16 activations and a smoothing vector for [`ActivationValues`] (`Typical` smooths or not at random).
-pub fn quantizer_inputs(rng: &mut Rng, m: usize, k: usize, values: ActivationValues) -> (Vec<f16>, Option<Vec<f32>>) {
+pub fn quantizer_inputs(
+    rng: &mut Rng,
+    m: usize,
+    k: usize,
+    values: ActivationValues,
+) -> (Vec<f16>, Option<Vec<f32>>) {
     match values {
         ActivationValues::Typical => {
             let smooth = rng.chance(0.5);
@@ -225,7 +236,11 @@ pub fn quantizer_inputs(rng: &mut Rng, m: usize, k: usize, values: ActivationVal
             let all_tiny = rng.chance(0.5);
             let smooth = (0..k)
                 .map(|_| {
-                    if all_tiny || rng.chance(0.5) { rng.range(-150.0, -126.0).exp2() } else { rng.range(-3.0, 3.0).exp2() }
+                    if all_tiny || rng.chance(0.5) {
+                        rng.range(-150.0, -126.0).exp2()
+                    } else {
+                        rng.range(-3.0, 3.0).exp2()
+                    }
                 })
                 .collect();
             (x, Some(smooth))

@@ -38,7 +38,8 @@ use w4a8_core::quantize::quantize_activations;
 use w4a8_core::{BackendKind, DeviceTensor, Error, Gemm, MAX_K, QuantizedActivations, Result, W4A8Weights};
 
 use inputs::{
-    ActivationValues, GemmShape, Rng, Values, f16_activations, gemm_inputs, gemm_shapes, quantizer_inputs, weights,
+    ActivationValues, GemmShape, Rng, Values, f16_activations, gemm_inputs, gemm_shapes, quantizer_inputs,
+    weights,
 };
 
 pub use w4a8_core;
@@ -197,7 +198,11 @@ pub fn activation_quantization_matches_oracle<B: Gemm>(b: &B) {
             let got = b.read_activations(&dev).map_err(fail)?;
             for (row, (&g, &w)) in got.scales().iter().zip(want.scales()).enumerate() {
                 if g.to_bits() != w.to_bits() {
-                    return Err(fail(format!("s_x[{row}] = {g:e} ({:#010x}), oracle {w:e} ({:#010x})", g.to_bits(), w.to_bits())));
+                    return Err(fail(format!(
+                        "s_x[{row}] = {g:e} ({:#010x}), oracle {w:e} ({:#010x})",
+                        g.to_bits(),
+                        w.to_bits()
+                    )));
                 }
             }
             for (row, (g, w)) in got.values().chunks(k).zip(want.values().chunks(k)).enumerate() {

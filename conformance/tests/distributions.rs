@@ -162,7 +162,9 @@ fn quotients_at_ties_expose_an_inexact_division_and_the_wrong_tie_rule() {
 fn subnormal_products_expose_flush_to_zero_in_the_quantizer() {
     let (typical, t_total) = quantizer_drift(ActivationValues::Typical, QuantDrift::FlushToZero, 200);
     let (sub, total) = quantizer_drift(ActivationValues::Subnormal, QuantDrift::FlushToZero, 200);
-    println!("flush-to-zero changes {typical} of {t_total} typical codes and scales, {sub} of {total} subnormal");
+    println!(
+        "flush-to-zero changes {typical} of {t_total} typical codes and scales, {sub} of {total} subnormal"
+    );
     assert_eq!(typical, 0);
     assert!(sub * 100 >= total * 5, "only {sub} of {total} changed");
 }

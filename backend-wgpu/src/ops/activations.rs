@@ -1,0 +1,133 @@
+//! Activations: per-token quantization on the device, upload of host-quantized ones, readback.
+
+use half::f16;
+use w4a8_core::gemm::{check_activation_args, check_owner};
+use w4a8_core::{Error, QuantizedActivations, Result};
+
+use crate::WgpuBackend;
+use crate::buffers::{bytes_of_dims, host_vec};
+use crate::layout;
+use crate::pipelines::Dispatch;
+use crate::shaders::{self, entry};
+use crate::tensors::WgpuActivations;
+
+/// The uniform block of `quantize_activations.wgsl`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct QuantParams {
+    pub(crate) m: u32,
+    pub(crate) k: u32,
+    pub(crate) x_stride: u32,
+    pub(crate) has_smooth: u32,
+    /// Always 0: the shaders' opaque zero against fast-math folding (quantize_exact.wgsl).
+    pub(crate) fence: u32,
+    pub(crate) pad: [u32; 3],
+}
+
+/// Workgroup sizes and tiles of the shaders (see the .wgsl files).
+pub(crate) const QUANT_WG_ROWS: usize = 1;
+
+/// Returns the first element of `x · smooth` (row-major, column k scaled by `smooth[k]`) that is
+/// not finite, as the quantizer would compute it in f32.
+pub(crate) fn first_non_finite(x: &[f16], k: usize, smooth: Option<&[f32]>) -> Option<Error> {
+    x.iter().enumerate().find_map(|(index, &v)| {
+        let raw = v.to_f32();
+        let value = smooth.map_or(raw, |s| raw * s[index % k]);
+        // Same wording as the CPU quantizer: an input that is itself non-finite, or one the
+        // smoothing vector scaled to infinity.
+        let what = if raw.is_finite() { "smoothed activations" } else { "activations" };
+        (!value.is_finite()).then_some(Error::NonFinite { what, index, value })
+    })
+}
+
+impl WgpuBackend {
+    /// [`Gemm::quantize_activations`]: one workgroup per row, exact as the oracle (see `quantize_exact.wgsl`).
+    pub(crate) fn quantize_on_device(
+        &self,
+        x: &[f16],
+        m: usize,
+        k: usize,
+        smooth: Option<&[f32]>,
+    ) -> Result<WgpuActivations> {
+        check_activation_args(x.len(), m, k, smooth)?;
+        if let Some(e) = first_non_finite(x, k, smooth) {
+            return Err(e);
+        }
+        let kp = layout::padded_k(k);
+        self.check_binding("f16 activations (M·K·2 bytes)", bytes_of_dims(m, k, 2))?;
+        self.check_binding("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
+        let module = if self.subgroups { shaders::QUANTIZE_SUBGROUP } else { shaders::QUANTIZE_SHARED };
+        let entry_point = if self.subgroups { entry::QUANTIZE_SUBGROUP } else { entry::QUANTIZE };
+        self.scoped(|| {
+            let input = self.storage_init(
+                "w4a8 f16 activations",
+                bytemuck::cast_slice(x),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let smooth_buf = self.storage_init(
+                "w4a8 smoothing",
+                bytemuck::cast_slice(smooth.unwrap_or(&[1.0])),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let values = self.storage_empty("w4a8 int8 activations", bytes_of_dims(m, kp, 1))?;
+            let scales = self.storage_empty("w4a8 activation scales", (m * 4) as u64)?;
+            let pipeline = self.pipeline(entry_point, module.name, None)?;
+            let params = self.uniform(&QuantParams {
+                m: m as u32,
+                k: k as u32,
+                x_stride: (kp / 4) as u32,
+                has_smooth: smooth.is_some() as u32,
+                fence: 0,
+                pad: [0; 3],
+            })?;
+            let bind_group = self.bind(
+                &pipeline,
+                &[
+                    params.as_entire_binding(),
+                    input.as_entire_binding(),
+                    smooth_buf.as_entire_binding(),
+                    values.as_entire_binding(),
+                    scales.as_entire_binding(),
+                ],
+            );
+            let groups = self.grid("quantizer workgroups (one per row)", m.div_ceil(QUANT_WG_ROWS))?;
+            self.submit(&[Dispatch { pipeline, bind_group, groups }], None);
+            Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
+        })
+    }
+
+    /// [`Gemm::upload_activations`]: rows padded to Kp with zeros.
+    pub(crate) fn upload_quantized(&self, x: &QuantizedActivations) -> Result<WgpuActivations> {
+        let (m, k) = (x.m(), x.k());
+        let kp = layout::padded_k(k);
+        self.check_buffer("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
+        let mut padded = host_vec("padded int8 activations", bytes_of_dims(m, kp, 1), 0i8)?;
+        for (dst, src) in padded.chunks_mut(kp).zip(x.values().chunks(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        self.scoped(|| {
+            let values = self.storage_init(
+                "w4a8 int8 activations",
+                bytemuck::cast_slice(&padded),
+                wgpu::BufferUsages::empty(),
+            )?;
+            let scales = self.storage_init(
+                "w4a8 activation scales",
+                bytemuck::cast_slice(x.scales()),
+                wgpu::BufferUsages::empty(),
+            )?;
+            Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
+        })
+    }
+
+    /// [`Gemm::read_activations`].
+    pub(crate) fn read_back_activations(&self, x: &WgpuActivations) -> Result<QuantizedActivations> {
+        check_owner("activations", x, self.info.id)?;
+        let kp = layout::padded_k(x.k);
+        let bytes = self.read_bytes(&x.values, (x.m * kp) as u64)?;
+        let values: Vec<i8> =
+            bytes.chunks(kp).take(x.m).flat_map(|row| row[..x.k].iter().map(|&b| b as i8)).collect();
+        let scales: Vec<f32> = bytemuck::pod_collect_to_vec(&self.read_bytes(&x.scales, (x.m * 4) as u64)?);
+        QuantizedActivations::new(x.m, x.k, values, scales[..x.m].to_vec())
+    }
+}
