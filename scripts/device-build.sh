@@ -2,7 +2,8 @@
 # Builds, here, everything a lent GPU machine runs (it has no Rust toolchain and no network) into
 # .device/ (git-ignored; the device tool carries it): the release conformance test binary with the
 # CUDA and wgpu backends, the CUDA crate's own GPU tests, the `w4a8` CLI, the benchmark report, and
-# the Vulkan loader packages that machine lacks. Then one device `run` per step, carry [".device"]:
+# the wgpu crate's exactness and tiled-kernel tests (run there on NVIDIA's Vulkan driver), and the
+# Vulkan loader packages that machine lacks. Then one device `run` per step, carry [".device"]:
 #     bash scripts/device-run.sh conformance      (then sanitize, bench-decode, bench-large, vulkan, profile)
 # It ends by checking that every binary starts here and that what travels stays under 64 MiB.
 set -euo pipefail
@@ -20,7 +21,9 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]==sys.argv[1]: print(m["executable"])' "$2" \
     | tail -n1
 }
-for spec in "conformance backends cuda,wgpu conformance-backends" "w4a8-cuda backend - cuda-backend"; do
+# wgpu-exact and wgpu-tiled: the soft-float fallbacks and the tiled GEMMs' tails on NVIDIA's Vulkan driver.
+for spec in "conformance backends cuda,wgpu conformance-backends" "w4a8-cuda backend - cuda-backend" \
+  "w4a8-wgpu exact - wgpu-exact" "w4a8-wgpu tiled - wgpu-tiled"; do
   read -r pkg test features name <<<"$spec"
   [ "$features" = - ] && features=
   exe=$(test_binary "$pkg" "$test" "$features")
@@ -35,6 +38,8 @@ strip "$dev"/bin/*
 # Every carried binary must start here (no GPU: they list their tests or print their help).
 "$dev/bin/conformance-backends" --list >/dev/null
 "$dev/bin/cuda-backend" --list >/dev/null
+"$dev/bin/wgpu-exact" --list >/dev/null
+"$dev/bin/wgpu-tiled" --list >/dev/null
 "$dev/bin/w4a8" --help >/dev/null
 "$dev/bin/w4a8-bench" --help >/dev/null
 echo "binaries start: $(ls "$dev/bin" | tr '\n' ' ')"

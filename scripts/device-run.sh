@@ -12,7 +12,8 @@
 #   bench-decode  the report on CUDA at M = 1, 16, 32, 64 (8 shapes x 2 granularities   4-7 min
 #                 + cuBLAS FP16 + cuBLASLt INT8 = 256 cases, <= 0.5 s timing each)
 #   bench-large   the same at M = 128, 256, 1024, 4096                                  4-7 min
-#   vulkan        the report on wgpu through NVIDIA's Vulkan driver, 4 shapes          3-5 min
+#   vulkan        exactness and tiled tests, then the report on wgpu through NVIDIA's
+#                 Vulkan driver, 4 shapes                                                3-5 min
 #   profile       Nsight Compute on the decode kernels (M = 1 and 16 on 8192x8192)       1-3 min
 #
 # Then, here: w4a8-bench --append-results benches/RESULTS.md --from-json <fetched report.json>.
@@ -85,6 +86,9 @@ case "$step" in
   bench-decode) bench --backend cuda --m 1,16,32,64 ;;
   bench-large) bench --backend cuda --m 128,256,1024,4096 ;;
   vulkan)
+    # Exact on NVIDIA's driver: soft-float and epilogue against the CPU, the tiled kernels' tails.
+    W4A8_REQUIRE=wgpu run "$bin/wgpu-exact"
+    W4A8_REQUIRE=wgpu run "$bin/wgpu-tiled"
     bench --backend wgpu --m 1,16,128,1024 --shapes 4096x4096,8192x8192,4096x11008,8192x28672
     ;;
   profile)
