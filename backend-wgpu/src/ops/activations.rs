@@ -58,7 +58,11 @@ impl WgpuBackend {
         self.check_binding("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
         let module = if self.subgroups { shaders::QUANTIZE_SUBGROUP } else { shaders::QUANTIZE_SHARED };
         let entry_point = if self.subgroups { entry::QUANTIZE_SUBGROUP } else { entry::QUANTIZE };
-        self.scoped(|| {
+        // A per-token call, so on the hot path like the GEMM: no error scope and no poll around it
+        // (see `unscoped`). Every binding is checked above or bounded by those checks (scales M·4 ≤
+        // M·Kp bytes, smoothing K·4 ≤ 256 KiB); each buffer still gets its own out-of-memory scope
+        // in `create_buffer`, so a refused allocation stays `Error::OutOfMemory`.
+        self.unscoped(|| {
             let input = self.storage_init(
                 "w4a8 f16 activations",
                 bytemuck::cast_slice(x),
