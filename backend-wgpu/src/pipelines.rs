@@ -153,9 +153,9 @@ impl WgpuBackend {
         entry: &'static str,
         module: &'static str,
         tm: Option<u32>,
-    ) -> Result<wgpu::ComputePipeline> {
+    ) -> Result<&Pipeline> {
         match self.pipelines.get(&(entry, tm.unwrap_or(0))) {
-            Some(Ok(p)) => Ok(p.pipeline.clone()),
+            Some(Ok(p)) => Ok(p),
             Some(Err(reason)) => Err(unavailable(format!(
                 "pipeline {entry} (module {module}, override {tm:?}) was refused by the device: {reason}"
             ))),
@@ -182,26 +182,14 @@ impl WgpuBackend {
         Ok((total.min(lim).max(1) as u32, y as u32))
     }
 
-    pub(crate) fn bind(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        entries: &[wgpu::BindingResource<'_>],
-    ) -> wgpu::BindGroup {
+    pub(crate) fn bind(&self, pipeline: &Pipeline, entries: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
         let entries: Vec<_> = entries
             .iter()
             .enumerate()
             .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
             .collect();
-        // The layout fetched when the pipeline was made (a scan of a dozen ids, no wgpu call).
-        let layout = self.pipelines.values().flatten().find(|p| p.pipeline == *pipeline).map(|p| &p.layout);
-        let fetched;
-        let layout = match layout {
-            Some(l) => l,
-            None => {
-                fetched = pipeline.get_bind_group_layout(0);
-                &fetched
-            }
-        };
+        // The layout fetched once, when the pipeline was made.
+        let layout = &pipeline.layout;
         self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
 

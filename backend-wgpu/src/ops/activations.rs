@@ -85,7 +85,7 @@ impl WgpuBackend {
                 pad: [0; 3],
             })?;
             let bind_group = self.bind(
-                &pipeline,
+                pipeline,
                 &[
                     params.as_entire_binding(),
                     input.as_entire_binding(),
@@ -95,7 +95,7 @@ impl WgpuBackend {
                 ],
             );
             let groups = self.grid("quantizer workgroups (one per row)", m.div_ceil(QUANT_WG_ROWS))?;
-            self.submit(&[Dispatch { pipeline, bind_group, groups }], None);
+            self.submit(&[Dispatch { pipeline: pipeline.pipeline.clone(), bind_group, groups }], None);
             Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
         })
     }

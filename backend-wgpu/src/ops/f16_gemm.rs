@@ -76,7 +76,7 @@ impl WgpuBackend {
             pad: 0,
         })?;
         let bind_group = self.bind(
-            &pipeline,
+            pipeline,
             &[
                 params.as_entire_binding(),
                 x.buffer.as_entire_binding(),
@@ -85,7 +85,7 @@ impl WgpuBackend {
             ],
         );
         let groups = self.grid("f16 GEMM workgroups", m_tiles * n_tiles)?;
-        Ok((vec![Dispatch { pipeline, bind_group, groups }], vec![params]))
+        Ok((vec![Dispatch { pipeline: pipeline.pipeline.clone(), bind_group, groups }], vec![params]))
     }
 
     /// Our f16 GEMM baseline: `y = f16(x · wᵀ)` with f32 accumulation; x is M×K, w is N×K.

@@ -1,6 +1,6 @@
 //! The one-dispatch decode GEMM (M ≤ 16): `w4a8_gemm_decode.wgsl`.
 
-use w4a8_core::{Error, Granularity, KernelPlan, Result};
+use w4a8_core::{Error, GROUP_SIZES, Granularity, KernelPlan, Result};
 
 use crate::WgpuBackend;
 use crate::buffers::bytes_of_dims;
@@ -37,17 +37,27 @@ pub(crate) fn decode_row_tile(m: usize) -> u32 {
     *shaders::DECODE_ROW_TILES.iter().find(|&&t| t as usize >= m).unwrap_or(&max)
 }
 
-/// The decode kernel's (per_group, group_shift): block kb is in group `kb >> group_shift`, which
-/// needs g / 32 to be a power of two (every supported g is: 32, 64, 128, 256).
-pub(crate) fn decode_groups(granularity: Granularity) -> Result<(u32, u32)> {
+/// The decode kernel's (per_group, group_shift): block kb is in group `kb >> group_shift`. Weights
+/// and plans only carry a group size from [`GROUP_SIZES`] (validated where they are made), and
+/// every one of those is 32 times a power of two, as the assertion below keeps true.
+pub(crate) fn decode_groups(granularity: Granularity) -> (u32, u32) {
     match granularity.group_size() {
-        None => Ok((0, 0)),
-        Some(g) if g % BLOCK_K == 0 && (g / BLOCK_K).is_power_of_two() => {
-            Ok((1, (g / BLOCK_K).trailing_zeros()))
-        }
-        Some(group_size) => Err(Error::UnsupportedGroupSize { group_size }),
+        None => (0, 0),
+        Some(g) => (1, (g / BLOCK_K).trailing_zeros()),
     }
 }
+
+const _: () = {
+    let mut i = 0;
+    while i < GROUP_SIZES.len() {
+        let g = GROUP_SIZES[i];
+        assert!(
+            g.is_multiple_of(BLOCK_K) && (g / BLOCK_K).is_power_of_two(),
+            "decode_groups needs g = 32·2^s"
+        );
+        i += 1;
+    }
+};
 
 impl WgpuBackend {
     /// The decode GEMM: one dispatch per weight chunk (one in all unless N needed several
@@ -65,7 +75,7 @@ impl WgpuBackend {
         self.check_binding("output (M·Np·2 bytes)", y.buffer.size())?;
         let tm = decode_row_tile(m);
         self.check_decode_workgroup(tm)?;
-        let (per_group, group_shift) = decode_groups(w.granularity)?;
+        let (per_group, group_shift) = decode_groups(w.granularity);
         let row_blocks = m.div_ceil(tm as usize);
         let pipeline = self.pipeline(entry::GEMM_DECODE, shaders::GEMM_DECODE.name, Some(tm))?;
         let dummy_bias = self.no_bias_placeholder()?;
@@ -91,7 +101,7 @@ impl WgpuBackend {
                 pad: [0; 3],
             })?;
             let bind_group = self.bind(
-                &pipeline,
+                pipeline,
                 &[
                     params.as_entire_binding(),
                     ch.qweight.as_entire_binding(),
@@ -104,7 +114,7 @@ impl WgpuBackend {
                 ],
             );
             dispatches.push(Dispatch {
-                pipeline: pipeline.clone(),
+                pipeline: pipeline.pipeline.clone(),
                 bind_group,
                 groups: self.grid("decode GEMM workgroups", n_tiles * row_blocks)?,
             });
@@ -133,15 +143,9 @@ impl WgpuBackend {
 
     /// The plan of [`WgpuBackend::decode_dispatches`] at M rows over these weight chunks: one
     /// dispatch per chunk, the grid and workgroup memory exactly as it launches them.
-    pub(crate) fn decode_plan(
-        &self,
-        m: usize,
-        chunks: &[(usize, usize)],
-        granularity: Granularity,
-    ) -> Result<KernelPlan> {
+    pub(crate) fn decode_plan(&self, m: usize, chunks: &[(usize, usize)]) -> Result<KernelPlan> {
         let tm = decode_row_tile(m);
         self.check_decode_workgroup(tm)?;
-        decode_groups(granularity)?;
         let tiles: usize = chunks.iter().map(|&(_, nc)| nc.div_ceil(shaders::DECODE_COLS)).sum();
         Ok(KernelPlan::new([entry::GEMM_DECODE])
             .with("dispatches", chunks.len())

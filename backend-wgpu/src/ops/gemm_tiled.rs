@@ -72,7 +72,7 @@ impl WgpuBackend {
                     fence: 0,
                 })?;
                 let bind_group = self.bind(
-                    &pipeline,
+                    pipeline,
                     &[
                         params.as_entire_binding(),
                         ch.qweight.as_entire_binding(),
@@ -85,7 +85,7 @@ impl WgpuBackend {
                     ],
                 );
                 dispatches.push(Dispatch {
-                    pipeline: pipeline.clone(),
+                    pipeline: pipeline.pipeline.clone(),
                     bind_group,
                     groups: self.grid("tiled GEMM workgroups", m_tiles * n_tiles)?,
                 });

@@ -65,7 +65,7 @@ impl Gemm for WgpuBackend {
         check_plan_args(m, n, k, granularity)?;
         let chunks = layout::chunk_ranges(n, self.weight_chunk_columns(k)?);
         let plan = if m <= shaders::DECODE_M_MAX {
-            self.decode_plan(m, &chunks, granularity)?
+            self.decode_plan(m, &chunks)?
         } else {
             self.tiled_plan(m, n, k, &chunks)?
         };
