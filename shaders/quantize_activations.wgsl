@@ -14,8 +14,9 @@ requires packed_4x8_integer_dot_product;
 // maximum is a u32 max over |x'| bits, reduced either through workgroup memory
 // (quantize_reduce_shared.wgsl) or with subgroupMax (quantize_reduce_subgroup.wgsl); the host appends
 // exactly one of the two, which supplies the entry point and calls the phases below. Non-finite
-// inputs never get here: the host checks x and x * smooth before upload (`first_non_finite` in
-// backend.rs), so every value read is finite.
+// inputs never get here: the host checks x and x * smooth before upload (`first_transform_error` in
+// w4a8-core), so every value read is finite. quantize_hadamard.wgsl reuses the bindings and
+// load_scaled below, with its own entry point.
 
 struct QuantParams {
     m: u32,          // rows in this dispatch
@@ -23,7 +24,7 @@ struct QuantParams {
     x_stride: u32,   // words (4 int8) per output row = Kp / 4, Kp = K rounded up to 32
     has_smooth: u32, // 1 when `smoothing` holds K factors, 0 when it is a 1-element placeholder
     fence: u32,      // always 0: an opaque zero for scaled_activation_bits (see quantize_exact.wgsl)
-    _pad0: u32,
+    block: u32,      // Hadamard block b (quantize_hadamard.wgsl only; 0 for the plain quantizer)
     _pad1: u32,
     _pad2: u32,
 }

@@ -4,8 +4,8 @@ use half::f16;
 use w4a8_core::gemm::check_owner;
 use w4a8_core::oracle::{CpuActivations, CpuOutput, CpuWeights};
 use w4a8_core::{
-    BackendKind, CpuOracle, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan,
-    QuantizedActivations, Result, W4A8Weights,
+    ActivationTransform, BackendKind, CpuOracle, DeviceInfo, DeviceTensor, Error, Gemm, Granularity,
+    KernelPlan, QuantizedActivations, Result, W4A8Weights,
 };
 
 #[cfg(feature = "cuda")]
@@ -285,14 +285,14 @@ impl Gemm for Backend {
         dispatch!(Backend, self, b => b.read_weights(pick("weights", weights, b.info().id)?))
     }
 
-    fn quantize_activations(
+    fn quantize_activations_with(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
-        smooth: Option<&[f32]>,
+        t: &ActivationTransform<'_>,
     ) -> Result<AnyActivations> {
-        dispatch!(Backend, self, b => b.quantize_activations(x, m, k, smooth).map(Into::into))
+        dispatch!(Backend, self, b => b.quantize_activations_with(x, m, k, t).map(Into::into))
     }
 
     fn upload_activations(&self, x: &QuantizedActivations) -> Result<AnyActivations> {

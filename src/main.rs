@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use w4a8::calib::{GptqConfig, Method, QuantizeConfig, Smoothing, layer_calibration, quantize_layer};
+use w4a8::calib::{GptqConfig, Method, QuantizeConfig, Smoothing, layer_calibration, quantize_layer_rotated};
 use w4a8::io::{FloatTensor, Layer, load_float_tensors, save_layers};
 use w4a8::oracle::{f16_ulp_distance, reference_gemm};
 use w4a8::quantize::{quantize_activations, quantize_weights_rtn};
@@ -67,12 +67,19 @@ enum Command {
         /// Weight quantizer: rtn (round to nearest) or gptq (Hessian-based error compensation).
         #[arg(long, default_value = "rtn")]
         method: String,
-        /// Smoothing: none, adaptive (QQQ's α search) or log (FPTQ's log equalization).
+        /// Smoothing: none, adaptive (QQQ's α search), log (FPTQ's log equalization) or omniquant
+        /// (OmniQuant's scales and clipping learned on each layer's output error; feature `learn`).
         #[arg(long, default_value = "none")]
         smooth: String,
         /// Search a clipping ratio per output channel on the layer's output error.
         #[arg(long)]
         clip: bool,
+        /// Rotate each layer's input by blockwise Walsh–Hadamard transforms of this size (a power of
+        /// two dividing K, at most 4096; QuaRot uses K): the weights are quantized from W·H/B, the
+        /// file records B per layer (`NAME.hadamard_block`), and the activation quantizer rotates
+        /// online. Applied after smoothing.
+        #[arg(long, value_name = "B")]
+        rotate: Option<usize>,
         /// Calibration activations (safetensors): for weight `NAME.weight`, tensor `NAME.input` (or
         /// `NAME`) holds that layer's inputs as [tokens, K]. Needed by gptq, smoothing and clipping.
         #[arg(long)]
@@ -225,6 +232,7 @@ struct QuantizeArgs<'a> {
     input: &'a PathBuf,
     output: &'a PathBuf,
     cfg: QuantizeConfig,
+    rotate: Option<usize>,
     calib: Option<&'a PathBuf>,
     filter: Option<&'a str>,
 }
@@ -234,7 +242,11 @@ fn bad_arg(message: String) -> w4a8::Error {
 }
 
 fn quantize(args: QuantizeArgs) -> Result<()> {
-    let QuantizeArgs { input, output, cfg, calib, filter } = args;
+    let QuantizeArgs { input, output, cfg, rotate, calib, filter } = args;
+    if let Some(b) = rotate {
+        // The block alone (a power of two in range); whether it divides K is checked per layer.
+        w4a8::transform::check_hadamard_block(b, b).map_err(|e| bad_arg(format!("--rotate {b}: {e}")))?;
+    }
     let calib = match calib {
         Some(path) => Some(load_float_tensors(path)?),
         None if cfg.needs_calibration() => {
@@ -268,8 +280,8 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
             .map(|b| b.data.clone());
         let layer = (|| {
             let stats = calib.as_ref().map(|c| layer_calibration(c, name, k)).transpose()?;
-            let q = quantize_layer(&t.data, n, k, &cfg, stats.as_ref())?;
-            Layer::new(q.weights.with_bias(bias)?, q.smooth)
+            let q = quantize_layer_rotated(&t.data, n, k, &cfg, rotate, stats.as_ref())?;
+            Layer::new(q.weights.with_bias(bias)?, q.smooth)?.with_hadamard_block(q.hadamard_block)
         })();
         match layer {
             Ok(l) => {
@@ -288,12 +300,13 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     save_layers(output, &layers)?;
     let bytes: usize = layers.values().map(|l| l.weights.storage_bytes()).sum();
     println!(
-        "wrote {} layers ({} {}, smoothing {}{}, {:.2} MB) to {}",
+        "wrote {} layers ({} {}, smoothing {}{}{}, {:.2} MB) to {}",
         layers.len(),
         cfg.method.name(),
         cfg.granularity,
         cfg.smoothing.name(),
         if cfg.clip { ", clipped" } else { "" },
+        rotate.map_or(String::new(), |b| format!(", rotated by Hadamard blocks of {b}")),
         bytes as f64 / 1e6,
         output.display()
     );
@@ -311,8 +324,9 @@ fn quantize_config(group: usize, method: &str, smooth: &str, clip: bool) -> Resu
         granularity,
         method: Method::from_name(method)
             .ok_or_else(|| bad_arg(format!("--method {method:?}: expected rtn or gptq")))?,
-        smoothing: Smoothing::from_name(smooth)
-            .ok_or_else(|| bad_arg(format!("--smooth {smooth:?}: expected none, adaptive or log")))?,
+        smoothing: Smoothing::from_name(smooth).ok_or_else(|| {
+            bad_arg(format!("--smooth {smooth:?}: expected none, adaptive, log or omniquant"))
+        })?,
         clip,
         gptq: GptqConfig::default(),
     })
@@ -323,12 +337,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { plans } => info(&plans),
         Command::Demo { backend, m, n, k, group, iters, seed } => demo(&backend, m, n, k, group, iters, seed),
-        Command::Quantize { input, output, group, method, smooth, clip, calib, filter } => {
+        Command::Quantize { input, output, group, method, smooth, clip, rotate, calib, filter } => {
             quantize_config(group, &method, &smooth, clip).and_then(|cfg| {
                 quantize(QuantizeArgs {
                     input: &input,
                     output: &output,
                     cfg,
+                    rotate,
                     calib: calib.as_ref(),
                     filter: filter.as_deref(),
                 })

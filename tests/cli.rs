@@ -79,13 +79,65 @@ fn quantize_rtn_needs_no_calibration_and_reports_what_it_skips() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--rotate B`: every layer is quantized from `W·H/B` and records B; run through the oracle with
+/// the layer's transform (smoothing, then the online rotation) the file's layers reproduce the float
+/// layer, and without the rotation they do not. A block that does not divide a layer's K skips it.
+#[test]
+fn quantize_with_rotation_records_the_block_and_reproduces_the_layer() {
+    use w4a8::{CpuOracle, Gemm, f16};
+    let dir = temp_dir("rotate");
+    let (model, calib) = model_files(&dir);
+    let out = dir.join("out.safetensors").display().to_string();
+    let (ok, text) = w4a8(&[
+        "quantize", &model, &out, "--method", "gptq", "--smooth", "adaptive", "--group", "64", "--rotate",
+        "128", "--calib", &calib,
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("wrote 2 layers") && text.contains("rotated by Hadamard blocks of 128"), "{text}");
+    let layers = load_layers(&out).unwrap();
+    let floats = w4a8::io::load_float_tensors(&model).unwrap();
+    let oracle = CpuOracle::new();
+    let mut rng = SplitMix64::new(7);
+    for (name, layer) in &layers {
+        assert_eq!(layer.hadamard_block, Some(128), "{name}");
+        let (n, k, m) = (layer.weights.n(), layer.weights.k(), 16);
+        let x: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.normal())).collect();
+        let w = &floats[name].data;
+        let bias = layer.weights.bias();
+        let prepared = oracle.prepare(&layer.weights).unwrap();
+        let error = |t: &w4a8::ActivationTransform<'_>| {
+            let y = oracle.linear_with(&x, m, &prepared, t).unwrap();
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f64 = (0..k).map(|c| x[i * k + c].to_f64() * w[j * k + c] as f64).sum::<f64>()
+                        + bias.map_or(0.0, |b| b[j] as f64);
+                    num += (y[i * n + j].to_f64() - exact).powi(2);
+                    den += exact * exact;
+                }
+            }
+            (num / den).sqrt()
+        };
+        let with = error(&layer.transform());
+        let without = error(&w4a8::ActivationTransform { hadamard_block: None, ..layer.transform() });
+        assert!(with < 0.2 && without > 0.5, "{name}: {with} with the rotation, {without} without");
+    }
+    // 256 does not divide l1's K = 128: that layer is skipped with the reason.
+    let (ok, text) = w4a8(&["quantize", &model, &out, "--rotate", "256"]);
+    assert!(ok && text.contains("wrote 1 layers") && text.contains("skipped l1.weight"), "{text}");
+    assert!(text.contains("does not divide K = 128"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_invocations_are_clear_errors() {
     let dir = temp_dir("errors");
     let (model, _) = model_files(&dir);
     let out = dir.join("out.safetensors").display().to_string();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["quantize", &model, &out, "--method", "gptq"], "--calib"),
+        (&["quantize", &model, &out, "--rotate", "3"], "not a power of two"),
+        (&["quantize", &model, &out, "--rotate", "8192"], "exceeds the largest block"),
         (&["quantize", &model, &out, "--method", "awq"], "expected rtn or gptq"),
         (&["quantize", &model, &out, "--group", "48"], "unsupported group size 48"),
         (&["quantize", "/nonexistent/in.safetensors", &out], "/nonexistent/in.safetensors"),

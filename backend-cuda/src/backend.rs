@@ -9,13 +9,14 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use w4a8_core::gemm::{check_activation_args, check_gemm_args, check_owner, check_plan_args, next_device_id};
+use w4a8_core::gemm::{check_gemm_args, check_owner, check_plan_args, check_transform_args, next_device_id};
+use w4a8_core::transform::first_transform_error;
 use w4a8_core::{
-    BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan, QuantizedActivations,
-    Result, W4A8Weights, f16,
+    ActivationTransform, BackendKind, DeviceInfo, DeviceTensor, Error, Gemm, Granularity, KernelPlan,
+    QuantizedActivations, Result, W4A8Weights, f16,
 };
 
-use crate::kernels::{self, KERNELS, QUANTIZE_ACTIVATIONS};
+use crate::kernels::{self, KERNELS, QUANTIZE_ACTIVATIONS, QUANTIZE_ACTIVATIONS_HADAMARD};
 use crate::layout::{self, GemmConfig, LaunchPlan, PackedWeights, THREADS};
 
 /// Lowest compute capability with `cp.async`, `ldmatrix` and `mma.m16n8k32` on s8.
@@ -527,14 +528,14 @@ impl Gemm for CudaBackend {
         layout::unpack_weights(&self.download_packed(weights)?)
     }
 
-    fn quantize_activations(
+    fn quantize_activations_with(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
-        smooth: Option<&[f32]>,
+        t: &ActivationTransform<'_>,
     ) -> Result<CudaActivations> {
-        check_activation_args(x.len(), m, k, smooth)?;
+        check_transform_args(x.len(), m, k, t)?;
         if m > i32::MAX as usize {
             return Err(Error::OverDeviceLimit {
                 what: "rows to quantize",
@@ -543,6 +544,7 @@ impl Gemm for CudaBackend {
                 limit_name: "maxGridDimX",
             });
         }
+        let smooth = t.smooth;
         let kp = layout::padded_k(k);
         self.check_alloc("activations", m * kp + m * k * 2)?;
         let xd = self.upload("f16 activations", x)?;
@@ -555,7 +557,10 @@ impl Gemm for CudaBackend {
         let mut bad = self.stream.alloc_zeros::<u64>(1).map_err(|e| driver_err("non-finite flag", e))?;
         let smooth_ptr = ptr_or_null(sm.as_ref(), &self.stream);
         let (mi, ki, kpi) = (m as i32, k as i32, kp as i32);
-        let f = self.function(QUANTIZE_ACTIVATIONS);
+        // The block is checked (a power of two ≤ MAX_HADAMARD_BLOCK = W4A8_HCHUNK), so it fits an i32.
+        let block = t.hadamard_block.map(|b| b as i32);
+        let entry = if block.is_some() { QUANTIZE_ACTIVATIONS_HADAMARD } else { QUANTIZE_ACTIVATIONS };
+        let f = self.function(entry);
         let mut launch = self.stream.launch_builder(f);
         launch
             .arg(&xd)
@@ -566,14 +571,26 @@ impl Gemm for CudaBackend {
             .arg(&mi)
             .arg(&ki)
             .arg(&kpi);
+        if let Some(b) = &block {
+            launch.arg(b);
+        }
         let cfg =
             LaunchConfig { grid_dim: (m as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: argument order and types match w4a8_quantize_activations (x: f16[M·K],
-        // smooth: f32[K] or null, q: s8[M·Kp], sx: f32[M], bad: u64[1], M, K, Kp), and every
-        // buffer has the length the kernel indexes.
-        unsafe { launch.launch(cfg) }.map_err(|e| driver_err("launch w4a8_quantize_activations", e))?;
+        // smooth: f32[K] or null, q: s8[M·Kp], sx: f32[M], bad: u64[1], M, K, Kp) and, with the
+        // block B appended, w4a8_quantize_activations_hadamard; every buffer has the length the
+        // kernel indexes, and B divides K and is at most W4A8_HCHUNK (check_transform_args).
+        unsafe { launch.launch(cfg) }.map_err(|e| driver_err(&format!("launch {entry}"), e))?;
         let flag = self.download("non-finite flag", &bad)?[0];
         if flag != 0 {
+            if block.is_some() {
+                // The oracle's error, found on the host (only on this failure path): the first row
+                // with a non-finite x' or a rotation that overflows.
+                return Err(first_transform_error(x, m, k, t).unwrap_or_else(|| Error::Backend {
+                    backend: BackendKind::Cuda,
+                    message: format!("{entry} flagged a non-finite value the host does not find"),
+                }));
+            }
             let index = (u64::MAX - flag) as usize;
             let raw = x[index].to_f32();
             let (what, value) = match smooth {

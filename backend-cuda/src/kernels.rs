@@ -25,10 +25,17 @@ pub const INCLUDE_LINE: &str = "#include \"w4a8_common.cuh\"";
 /// Entry point of the activation quantizer.
 pub const QUANTIZE_ACTIVATIONS: &str = "w4a8_quantize_activations";
 
+/// Entry point of the activation quantizer with the online Walsh–Hadamard rotation fused in.
+pub const QUANTIZE_ACTIVATIONS_HADAMARD: &str = "w4a8_quantize_activations_hadamard";
+
+/// Channels the rotated quantizer holds in shared memory at once (`W4A8_HCHUNK`): the largest block.
+pub const HADAMARD_CHUNK: usize = 4096;
+
 /// Every `extern "C" __global__` entry point of the program: the one table of kernel names.
 /// (The GEMM names are also listed in [`crate::layout::CONFIGS`]; a test checks they agree.)
-pub const KERNELS: [&str; 7] = [
+pub const KERNELS: [&str; 8] = [
     QUANTIZE_ACTIVATIONS,
+    QUANTIZE_ACTIVATIONS_HADAMARD,
     "w4a8_gemm_small_per_channel",
     "w4a8_gemm_small_per_group",
     "w4a8_gemm_medium_per_channel",
@@ -250,6 +257,8 @@ mod tests {
         ] {
             assert!(COMMON_SOURCE.contains(&format!("#define {name} {value}\n")), "{name} = {value}");
         }
+        assert!(QUANTIZE_SOURCE.contains(&format!("#define W4A8_HCHUNK {HADAMARD_CHUNK}\n")));
+        assert_eq!(HADAMARD_CHUNK, w4a8_core::MAX_HADAMARD_BLOCK);
         for c in CONFIGS {
             for (name, pg) in [(c.per_channel, false), (c.per_group, true)] {
                 let line = format!(

@@ -56,8 +56,10 @@ pub(crate) fn runtime_checks_dropped(spec: &ShaderModuleSpec) -> bool {
 /// The overridable constants the backend specialises entry points on: (entry point, override,
 /// values). [`WgpuBackend::from_device`] creates one pipeline per value; asking for another is an
 /// error, not a lazy compile.
-pub(crate) const OVERRIDE_VARIANTS: &[(&str, &str, &[u32])] =
-    &[(entry::GEMM_DECODE, "TM", &shaders::DECODE_ROW_TILES)];
+pub(crate) const OVERRIDE_VARIANTS: &[(&str, &str, &[u32])] = &[
+    (entry::GEMM_DECODE, "TM", &shaders::DECODE_ROW_TILES),
+    (entry::QUANTIZE_HADAMARD, "HCHUNK", &shaders::HADAMARD_CHUNKS),
+];
 
 /// A pipeline and its bind-group layout (the shader's "function signature"), fetched once.
 pub(crate) struct Pipeline {

@@ -67,6 +67,29 @@ pub const QUANTIZE_SUBGROUP: ShaderModuleSpec = ShaderModuleSpec {
     entry_points: &[entry::QUANTIZE_SUBGROUP],
 };
 
+/// Per-token quantization with the online Walsh–Hadamard rotation fused in; its workgroup array
+/// (`HCHUNK` channels of f32) is sized by an override, one pipeline per [`HADAMARD_CHUNKS`] value.
+pub const QUANTIZE_HADAMARD: ShaderModuleSpec = ShaderModuleSpec {
+    name: "quantize_hadamard",
+    parts: &[
+        include_str!("../../shaders/quantize_activations.wgsl"),
+        include_str!("../../shaders/quantize_hadamard.wgsl"),
+    ],
+    needs_subgroups: false,
+    entry_points: &[entry::QUANTIZE_HADAMARD],
+};
+
+/// The rotated quantizer's chunk sizes (its `HCHUNK` override), largest first: it rotates `HCHUNK`
+/// channels at a time in workgroup memory, so a chunk is also the largest block it takes. 4096
+/// needs 16 KiB (WebGPU's default limit), 2048 needs 8 KiB (the least the backend accepts); the
+/// backend takes the largest that fits the device and refuses a larger block.
+pub const HADAMARD_CHUNKS: [u32; 2] = [4096, 2048];
+
+/// Workgroup memory of the rotated quantizer at chunk `chunk`: one f32 (as u32 bits) per channel.
+pub const fn hadamard_workgroup_bytes(chunk: u32) -> u64 {
+    chunk as u64 * 4
+}
+
 /// The decode GEMM (M ≤ 16): one dispatch, K reduced inside the workgroup, epilogue fused.
 pub const GEMM_DECODE: ShaderModuleSpec = ShaderModuleSpec {
     name: "w4a8_gemm_decode",
@@ -165,9 +188,10 @@ pub const EXACT_CHECK: ShaderModuleSpec = ShaderModuleSpec {
 };
 
 /// Every module, in the order the backend compiles them.
-pub const MODULES: [ShaderModuleSpec; 7] = [
+pub const MODULES: [ShaderModuleSpec; 8] = [
     QUANTIZE_SHARED,
     QUANTIZE_SUBGROUP,
+    QUANTIZE_HADAMARD,
     GEMM_DECODE,
     GEMM_TILED_128,
     GEMM_TILED_64,
@@ -181,6 +205,8 @@ pub mod entry {
     pub const QUANTIZE: &str = "quantize_activations";
     /// `quantize_reduce_subgroup.wgsl`.
     pub const QUANTIZE_SUBGROUP: &str = "quantize_activations_subgroup";
+    /// `quantize_hadamard.wgsl`.
+    pub const QUANTIZE_HADAMARD: &str = "quantize_activations_hadamard";
     /// `w4a8_gemm_decode.wgsl`.
     pub const GEMM_DECODE: &str = "w4a8_gemm_decode";
     /// `w4a8_gemm_tiled_128.wgsl`.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use half::f16;
-use w4a8_core::{Error, Gemm};
+use w4a8_core::{ActivationTransform, Error, Gemm};
 use w4a8_wgpu::WgpuOptions;
 
 fn check_quantizer(use_subgroups: bool) {
@@ -49,6 +49,43 @@ fn subgroup_quantizer_matches_cpu() {
 #[test]
 fn workgroup_memory_quantizer_matches_cpu() {
     check_quantizer(false);
+}
+
+/// The rotated quantizer against the CPU oracle through both chunk sizes: 4096 channels (16 KiB of
+/// workgroup memory) and, on a device capped at 8 KiB, 2048, where a block of 4096 is refused with
+/// the limit named. Rows span several chunks (K = 9216) and a tail chunk (K = 4100 at b = 4).
+#[test]
+fn rotated_quantizer_matches_cpu_in_both_chunk_sizes() {
+    for cap in [None, Some(8192)] {
+        let Some(b) = backend_with(WgpuOptions { max_workgroup_storage_bytes: cap, ..Default::default() })
+        else {
+            return;
+        };
+        let mut rng = Rng::new(12);
+        let largest = if cap.is_some() { 2048 } else { 4096 };
+        for (m, k, block) in [(3, 8, 2), (2, 4100, 4), (4, 384, 128), (2, 9216, 1024), (1, largest, largest)]
+        {
+            let x: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.unit() * 6.0 - 3.0)).collect();
+            let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+            let smooth: Vec<f32> = (0..k).map(|_| 0.25 + rng.unit() * 2.0).collect();
+            for s in [None, Some(&smooth[..])] {
+                let t = ActivationTransform { smooth: s, hadamard_block: Some(block) };
+                let want = w4a8_core::quantize::quantize_activations_with(&x32, m, k, &t).unwrap();
+                let got = b.read_activations(&b.quantize_activations_with(&x, m, k, &t).unwrap()).unwrap();
+                let ctx = format!("cap {cap:?}: M={m} K={k} b={block} smooth={}", s.is_some());
+                let sbits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(sbits(got.scales()), sbits(want.scales()), "{ctx}: scales");
+                assert_eq!(got.values(), want.values(), "{ctx}: values");
+            }
+        }
+        if cap.is_some() {
+            let t = ActivationTransform { smooth: None, hadamard_block: Some(4096) };
+            match b.quantize_activations_with(&vec![f16::ONE; 4096], 1, 4096, &t) {
+                Err(Error::OverDeviceLimit { limit: 8192, requested: 16384, .. }) => {}
+                other => panic!("expected OverDeviceLimit, got {:?}", other.map(|_| ())),
+            }
+        }
+    }
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn every_entry_point_in_the_table_resolves() {
     let all = [
         shaders::entry::QUANTIZE,
         shaders::entry::QUANTIZE_SUBGROUP,
+        shaders::entry::QUANTIZE_HADAMARD,
         shaders::entry::GEMM_DECODE,
         shaders::entry::GEMM_TILED_128,
         shaders::entry::GEMM_TILED_64,
@@ -124,6 +125,32 @@ fn decode_kernel_shape_matches_the_host_constants() {
         assert!(shaders::decode_workgroup_bytes(tm) <= 16 << 10, "TM = {tm}");
     }
     assert_eq!(shaders::decode_workgroup_bytes(1), 512);
+}
+
+#[test]
+fn hadamard_quantizer_shape_matches_the_host_constants() {
+    // The host picks the chunk (the HCHUNK override) by workgroup memory and refuses blocks larger
+    // than it; the shader's only workgroup array must be HCHUNK u32s, and 256 invocations wide.
+    let module = parse_and_validate(&shaders::QUANTIZE_HADAMARD);
+    let ep = module.entry_points.iter().find(|ep| ep.name == shaders::entry::QUANTIZE_HADAMARD).unwrap();
+    assert_eq!(ep.workgroup_size, [256, 1, 1]);
+    let shared: Vec<_> =
+        module.global_variables.iter().filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup).collect();
+    assert_eq!(shared.len(), 1);
+    let naga::TypeInner::Array { size: naga::ArraySize::Pending(o), stride, .. } =
+        module.types[shared[0].1.ty].inner
+    else {
+        panic!("the rotated quantizer's workgroup array must be sized by an override")
+    };
+    assert_eq!(module.overrides[o].name.as_deref(), Some("HCHUNK"));
+    assert_eq!(stride, 4);
+    // Largest first; the largest is the largest block of the format and fits WebGPU's default
+    // 16 KiB; the smallest fits the 8 KiB the backend requires; each holds the 256-slot max tree.
+    assert!(shaders::HADAMARD_CHUNKS.windows(2).all(|w| w[0] > w[1]));
+    assert_eq!(shaders::HADAMARD_CHUNKS[0] as usize, w4a8_core::MAX_HADAMARD_BLOCK);
+    assert_eq!(shaders::hadamard_workgroup_bytes(shaders::HADAMARD_CHUNKS[0]), 16 << 10);
+    assert!(shaders::hadamard_workgroup_bytes(*shaders::HADAMARD_CHUNKS.last().unwrap()) <= 8 << 10);
+    assert!(shaders::HADAMARD_CHUNKS.iter().all(|&c| c.is_power_of_two() && c >= 256));
 }
 
 #[test]

@@ -247,3 +247,82 @@ pub fn quantizer_inputs(
         }
     }
 }
+
+/// Hadamard blocks the rotated properties draw: every power of two from 2 to
+/// [`w4a8_core::MAX_HADAMARD_BLOCK`].
+pub fn hadamard_blocks() -> Vec<usize> {
+    (1..).map(|e| 1usize << e).take_while(|&b| b <= w4a8_core::MAX_HADAMARD_BLOCK).collect()
+}
+
+/// A rotated quantizer problem: M rows, a Hadamard block b and K = b · blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct RotatedShape {
+    /// Rows.
+    pub m: usize,
+    /// The Hadamard block.
+    pub b: usize,
+    /// K, a multiple of b (K = b is QuaRot's whole-row rotation).
+    pub k: usize,
+    /// Which values.
+    pub values: ActivationValues,
+    /// Seed of the values.
+    pub seed: u64,
+}
+
+/// Rotated quantizer shapes: every block size, K = b (a third of the time) or a few blocks up to
+/// K ≈ 9000 (so the device kernels' 4096-channel chunks and their tails are crossed), M = 1 or up to
+/// `max_m`, the three value spreads.
+pub fn rotated_shapes(max_m: usize) -> impl Strategy<Value = RotatedShape> {
+    let values = prop_oneof![
+        2 => Just(ActivationValues::Typical),
+        1 => Just(ActivationValues::Ties),
+        1 => Just(ActivationValues::Subnormal),
+    ];
+    let m = prop_oneof![Just(1usize), 1..=max_m];
+    let blocks = prop_oneof![Just(1usize), 1..=40usize];
+    (m, proptest::sample::select(hadamard_blocks()), blocks, values, any::<u64>()).prop_map(
+        |(m, b, blocks, values, seed)| {
+            // At most ~9000 channels: a block of 4096 takes at most 2 blocks, a block of 2 up to 40.
+            let k = b * blocks.min((9000 / b).max(1));
+            RotatedShape { m, b, k, values, seed }
+        },
+    )
+}
+
+/// f16 activations and a smoothing vector for a rotated quantizer problem. `Typical` and
+/// `Subnormal` are [`quantizer_inputs`]' spreads (the rotation sums subnormal x' into subnormal and
+/// normal y, and cancels normals into subnormals); `Ties` builds the smoothing vector from targets
+/// y near `n + 0.5` times `s_x`, run backwards through `H_b / b`, so that the *rotated* quotients
+/// land within a few ulps of ties (rows are exact powers of two with one sign each, which keeps y's
+/// shape).
+pub fn rotated_quantizer_inputs(rng: &mut Rng, s: &RotatedShape) -> (Vec<f16>, Option<Vec<f32>>) {
+    let (m, k, b) = (s.m, s.k, s.b);
+    match s.values {
+        ActivationValues::Typical | ActivationValues::Subnormal => quantizer_inputs(rng, m, k, s.values),
+        ActivationValues::Ties => {
+            let r = rng.range(0.5, 4.0) as f64;
+            let s0 = r / 127.0;
+            // Targets: one channel per row at r (the maximum), the others at t · s_x for t near a tie.
+            let mut y: Vec<f64> = (0..k)
+                .map(|j| {
+                    if j == 0 {
+                        r
+                    } else {
+                        (rng.int(0, 126) as f64 + 0.5) * s0 * (1.0 + rng.range(-4e-7, 4e-7) as f64)
+                    }
+                })
+                .collect();
+            // x' = y · H_b / b (H_b symmetric and H_b H_b = b·I), in f64, then rounded once.
+            w4a8_core::transform::fwht_blocks_f64(&mut y, b);
+            let smooth: Vec<f32> = y.iter().map(|&v| (v / b as f64) as f32).collect();
+            let x = (0..m)
+                .flat_map(|_| {
+                    let sign = if rng.chance(0.5) { -1.0 } else { 1.0 };
+                    let v = f16::from_f32(sign * (rng.int(-8, 8) as f32).exp2());
+                    std::iter::repeat_n(v, k)
+                })
+                .collect();
+            (x, Some(smooth))
+        }
+    }
+}

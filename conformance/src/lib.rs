@@ -9,7 +9,9 @@
 //!    subnormal scales ([`inputs::Values`]).
 //! 2. [`activation_quantization_matches_oracle`]: scales and codes equal to the oracle's (the
 //!    contract allows 1 f32 ulp and rare `|Δq| = 1`), with quotients on and next to rounding ties and
-//!    subnormal products ([`inputs::ActivationValues`]).
+//!    subnormal products ([`inputs::ActivationValues`]); the same with the online Walsh–Hadamard
+//!    rotation at every block size ([`rotated_activation_quantization_matches_oracle`]), and a
+//!    rotated layer end to end ([`rotated_linear_matches_oracle`]).
 //! 3. [`gemm_matches_f64`]: the GEMM against an f64 matmul of the dequantized operands, within the
 //!    bound that the f32 epilogue and f16 output rounding allow.
 //! 4. [`prepared_weights_round_trip`]: prepare → read back is lossless (packing round trips are
@@ -34,12 +36,15 @@ use std::io::Write;
 use half::f16;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use w4a8_core::oracle::{f16_ulp_distance, reference_gemm};
-use w4a8_core::quantize::quantize_activations;
-use w4a8_core::{BackendKind, DeviceTensor, Error, Gemm, MAX_K, QuantizedActivations, Result, W4A8Weights};
+use w4a8_core::quantize::{quantize_activations, quantize_activations_with};
+use w4a8_core::{
+    ActivationTransform, BackendKind, DeviceTensor, Error, Gemm, MAX_HADAMARD_BLOCK, MAX_K,
+    QuantizedActivations, Result, W4A8Weights,
+};
 
 use inputs::{
     ActivationValues, GemmShape, Rng, Values, f16_activations, gemm_inputs, gemm_shapes, quantizer_inputs,
-    weights,
+    rotated_quantizer_inputs, rotated_shapes, weights,
 };
 
 pub use w4a8_core;
@@ -196,21 +201,80 @@ pub fn activation_quantization_matches_oracle<B: Gemm>(b: &B) {
             let want = quantize_activations(&xf, m, k, s.as_deref()).map_err(fail)?;
             let dev = b.quantize_activations(&x, m, k, s.as_deref()).map_err(fail)?;
             let got = b.read_activations(&dev).map_err(fail)?;
-            for (row, (&g, &w)) in got.scales().iter().zip(want.scales()).enumerate() {
-                if g.to_bits() != w.to_bits() {
-                    return Err(fail(format!(
-                        "s_x[{row}] = {g:e} ({:#010x}), oracle {w:e} ({:#010x})",
-                        g.to_bits(),
-                        w.to_bits()
-                    )));
-                }
-            }
-            for (row, (g, w)) in got.values().chunks(k).zip(want.values().chunks(k)).enumerate() {
-                if let Some(col) = g.iter().zip(w).position(|(a, c)| a != c) {
-                    return Err(fail(format!("q_x[{row}, {col}] = {}, oracle {}", g[col], w[col])));
-                }
-            }
-            Ok(())
+            check_activations_equal(&got, &want)
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", b.info().name));
+}
+
+/// Every scale bit-equal and every code equal.
+pub fn check_activations_equal(
+    got: &QuantizedActivations,
+    want: &QuantizedActivations,
+) -> std::result::Result<(), TestCaseError> {
+    for (row, (&g, &w)) in got.scales().iter().zip(want.scales()).enumerate() {
+        if g.to_bits() != w.to_bits() {
+            return Err(fail(format!(
+                "s_x[{row}] = {g:e} ({:#010x}), oracle {w:e} ({:#010x})",
+                g.to_bits(),
+                w.to_bits()
+            )));
+        }
+    }
+    let k = want.k();
+    for (row, (g, w)) in got.values().chunks(k).zip(want.values().chunks(k)).enumerate() {
+        if let Some(col) = g.iter().zip(w).position(|(a, c)| a != c) {
+            return Err(fail(format!("q_x[{row}, {col}] = {}, oracle {}", g[col], w[col])));
+        }
+    }
+    Ok(())
+}
+
+/// Property 2 with the online Walsh–Hadamard rotation: scales and codes equal to the oracle's on
+/// every block size from 2 to [`w4a8_core::MAX_HADAMARD_BLOCK`], K = b and K spanning many blocks
+/// (and the device kernels' chunks), with rotated quotients at ties and subnormal values that the
+/// butterflies sum and cancel ([`inputs::rotated_quantizer_inputs`]).
+pub fn rotated_activation_quantization_matches_oracle<B: Gemm>(b: &B) {
+    runner(48)
+        .run(&rotated_shapes(48), |s| {
+            let (x, smooth) = rotated_quantizer_inputs(&mut Rng::new(s.seed), &s);
+            let t = ActivationTransform { smooth: smooth.as_deref(), hadamard_block: Some(s.b) };
+            let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+            let want = quantize_activations_with(&xf, s.m, s.k, &t).map_err(fail)?;
+            let dev = b.quantize_activations_with(&x, s.m, s.k, &t).map_err(fail)?;
+            let got = b.read_activations(&dev).map_err(fail)?;
+            check_activations_equal(&got, &want)
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", b.info().name));
+}
+
+/// A rotated layer end to end, from f16 activations to the f16 output: the backend's
+/// [`Gemm::linear_with`] (rotation fused into its quantizer, then its GEMM) bit-equal to the
+/// oracle's, on weights quantized from `W · H_b / b`.
+pub fn rotated_linear_matches_oracle<B: Gemm>(b: &B) {
+    let oracle = w4a8_core::CpuOracle::new();
+    let shapes = (
+        proptest::prop_oneof![proptest::strategy::Just(1usize), 1..=40usize],
+        1..=48usize,
+        proptest::sample::select(vec![32usize, 64, 128, 256]),
+        1..=3usize,
+        proptest::num::u64::ANY,
+    );
+    runner(16)
+        .run(&shapes, |(m, n, block, blocks, seed)| {
+            let k = block * blocks;
+            let mut rng = Rng::new(seed);
+            let smoothed = rng.chance(0.5);
+            let (x, smooth) = f16_activations(&mut rng, m, k, smoothed);
+            let w: Vec<f32> = (0..n * k).map(|_| rng.range(-1.0, 1.0)).collect();
+            let mut wr: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            w4a8_core::transform::fwht_blocks_f64(&mut wr, block);
+            let wr: Vec<f32> = wr.iter().map(|&v| (v / block as f64) as f32).collect();
+            let granularity = w4a8_core::Granularity::PerGroup { group_size: 32 };
+            let q = w4a8_core::quantize::quantize_weights_rtn(&wr, n, k, granularity, None).map_err(fail)?;
+            let t = ActivationTransform { smooth: smooth.as_deref(), hadamard_block: Some(block) };
+            let want = oracle.linear_with(&x, m, &oracle.prepare(&q).map_err(fail)?, &t).map_err(fail)?;
+            let got = b.linear_with(&x, m, &b.prepare(&q).map_err(fail)?, &t).map_err(fail)?;
+            check_bit_equal(&got, &want, n)
         })
         .unwrap_or_else(|e| panic!("{}: {e}", b.info().name));
 }
@@ -353,6 +417,23 @@ pub fn bad_input_is_rejected<B: Gemm>(make: impl Fn() -> Result<B>) {
         |e| matches!(e, ShapeMismatch { .. }),
     );
     still_works(&b, "NonFinite");
+    let rotate = |hadamard_block| ActivationTransform { smooth: None, hadamard_block: Some(hadamard_block) };
+    for (block, k) in [(3, 6), (1, 4), (0, 4), (8, 4), (2 * MAX_HADAMARD_BLOCK, 2 * MAX_HADAMARD_BLOCK)] {
+        expect_err(
+            &format!("Hadamard block {block} at K = {k}"),
+            b.quantize_activations_with(&vec![one; k], 1, k, &rotate(block)),
+            |e| matches!(e, InvalidValue { what: "Hadamard block", .. }),
+        );
+    }
+    // 8 · 65504 · 1e33 > f32::MAX: x' is finite, the rotated sum of a row of equal values is not.
+    let big = vec![f16::MAX; 16];
+    let smoothed_rotation = ActivationTransform { smooth: Some(&[1e33; 8]), hadamard_block: Some(8) };
+    expect_err(
+        "rotation overflows f32",
+        b.quantize_activations_with(&big, 2, 8, &smoothed_rotation),
+        |e| matches!(e, NonFinite { what: "rotated activations", index: 0, value } if value.is_infinite()),
+    );
+    still_works(&b, "a bad rotation");
 
     let xd = b.upload_activations(&x).unwrap();
     let wd = b.prepare(&w).unwrap();
@@ -569,6 +650,20 @@ macro_rules! backend_suite {
             fn activation_quantization_matches_oracle() {
                 if let Some(b) = open() {
                     $crate::activation_quantization_matches_oracle(&b);
+                }
+            }
+
+            #[test]
+            fn rotated_activation_quantization_matches_oracle() {
+                if let Some(b) = open() {
+                    $crate::rotated_activation_quantization_matches_oracle(&b);
+                }
+            }
+
+            #[test]
+            fn rotated_linear_matches_oracle() {
+                if let Some(b) = open() {
+                    $crate::rotated_linear_matches_oracle(&b);
                 }
             }
 

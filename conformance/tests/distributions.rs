@@ -1,13 +1,17 @@
 //! The value spreads of `conformance::inputs` have teeth: on the CPU, each makes the oracle differ
 //! from the arithmetic a GPU driver may legally substitute (an FMA-contracted epilogue, flushed
 //! subnormals, a 2.5-ulp division, ties rounded away from zero), so a backend that did the same
-//! would fail conformance. Typical values, for contrast, hardly ever tell them apart.
+//! would fail conformance. Typical values, for contrast, hardly ever tell them apart. The rotated
+//! spreads do the same for the online Walsh–Hadamard rotation (flushed butterflies, another order).
 
-use conformance::inputs::{ActivationValues, GemmShape, Rng, Values, gemm_inputs, quantizer_inputs};
+use conformance::inputs::{
+    ActivationValues, GemmShape, Rng, RotatedShape, Values, gemm_inputs, quantizer_inputs,
+    rotated_quantizer_inputs,
+};
 use half::f16;
 use w4a8_core::oracle::{dot_i8, epilogue};
-use w4a8_core::quantize::quantize_activations;
-use w4a8_core::{Granularity, QuantizedActivations, W4A8Weights};
+use w4a8_core::quantize::{quantize_activations, quantize_activations_with};
+use w4a8_core::{ActivationTransform, Granularity, QuantizedActivations, W4A8Weights};
 
 /// Flush to zero, keeping the sign, as a driver without denormal support does.
 fn ftz(f: f32) -> f32 {
@@ -167,4 +171,111 @@ fn subnormal_products_expose_flush_to_zero_in_the_quantizer() {
     );
     assert_eq!(typical, 0);
     assert!(sub * 100 >= total * 5, "only {sub} of {total} changed");
+}
+
+/// The rotated quantizer with its butterflies replaced: flushing subnormal operands and results (a
+/// driver without denormals, `sf_add` fallback skipped), or the stages in the other order
+/// (h = b/2, …, 1: the same sums in exact arithmetic, other roundings).
+#[derive(Clone, Copy, Debug)]
+enum RotationDrift {
+    FlushToZero,
+    ReversedStages,
+}
+
+fn drifted_rotation(d: RotationDrift, x: &[f32], smooth: Option<&[f32]>, b: usize) -> Vec<f32> {
+    let mut y: Vec<f32> = match smooth {
+        Some(s) => x.iter().zip(s.iter().cycle()).map(|(&v, &s)| v * s).collect(),
+        None => x.to_vec(),
+    };
+    let flush = |v: f32| if matches!(d, RotationDrift::FlushToZero) { ftz(v) } else { v };
+    let stages: Vec<usize> = match d {
+        RotationDrift::FlushToZero => (0..b.trailing_zeros()).map(|e| 1 << e).collect(),
+        RotationDrift::ReversedStages => (0..b.trailing_zeros()).rev().map(|e| 1 << e).collect(),
+    };
+    for block in y.chunks_mut(b) {
+        for &h in &stages {
+            for run in block.chunks_mut(2 * h) {
+                let (lo, hi) = run.split_at_mut(h);
+                for (u, v) in lo.iter_mut().zip(hi) {
+                    let (a, c) = (flush(*u), flush(*v));
+                    *u = flush(a + c);
+                    *v = flush(a - c);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Codes and scales (of all) that change under `d`, over `cases` rotated problems of `values`.
+fn rotation_drift(values: ActivationValues, d: RotationDrift, cases: u64) -> (usize, usize) {
+    let (mut changed, mut total) = (0, 0);
+    for seed in 0..cases {
+        let mut rng = Rng::new(5000 + seed);
+        let b = 1usize << rng.int(1, 9);
+        let s = RotatedShape { m: rng.int(1, 8) as usize, b, k: b * rng.int(1, 4) as usize, values, seed };
+        let (x, smooth) = rotated_quantizer_inputs(&mut Rng::new(seed), &s);
+        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let t = ActivationTransform { smooth: smooth.as_deref(), hadamard_block: Some(b) };
+        let want = quantize_activations_with(&xf, s.m, s.k, &t).unwrap();
+        // The drifted y, then the oracle's own per-token rules on it.
+        let y = drifted_rotation(d, &xf, smooth.as_deref(), b);
+        let got = quantize_activations(&y, s.m, s.k, None).unwrap();
+        changed += want.values().iter().zip(got.values()).filter(|(a, c)| a != c).count();
+        changed += want.scales().iter().zip(got.scales()).filter(|(a, c)| a.to_bits() != c.to_bits()).count();
+        total += s.m * s.k + s.m;
+    }
+    (changed, total)
+}
+
+#[test]
+fn rotated_spreads_expose_flushed_butterflies_and_another_stage_order() {
+    let (typical, t_total) = rotation_drift(ActivationValues::Typical, RotationDrift::FlushToZero, 200);
+    let (sub, total) = rotation_drift(ActivationValues::Subnormal, RotationDrift::FlushToZero, 200);
+    println!(
+        "flushed butterflies change {typical} of {t_total} typical codes and scales, {sub} of {total} subnormal"
+    );
+    assert_eq!(typical, 0);
+    assert!(sub * 100 >= total * 5, "only {sub} of {total} changed");
+    // Another order changes the last bits of y, which the scale (max |y| / 127) shows in most rows.
+    let (reordered, r_total) = rotation_drift(ActivationValues::Typical, RotationDrift::ReversedStages, 200);
+    println!("reversed stages change {reordered} of {r_total} typical codes and scales");
+    assert!(reordered > 0, "the stage order left every code and scale unchanged");
+}
+
+#[test]
+fn rotated_ties_expose_an_inexact_division() {
+    let count = |values| {
+        let (mut changed, mut total) = (0, 0);
+        for seed in 0..200u64 {
+            let mut rng = Rng::new(7000 + seed);
+            let b = 1usize << rng.int(1, 9);
+            let s =
+                RotatedShape { m: rng.int(1, 8) as usize, b, k: b * rng.int(1, 4) as usize, values, seed };
+            let (x, smooth) = rotated_quantizer_inputs(&mut Rng::new(seed), &s);
+            let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+            let t = ActivationTransform { smooth: smooth.as_deref(), hadamard_block: Some(b) };
+            // y as the oracle rotates it, then the per-token rules with a 1-ulp-off quotient.
+            let mut y = Vec::new();
+            let mut ys = Vec::with_capacity(s.m * s.k);
+            for (row, xs) in xf.chunks(s.k).enumerate() {
+                t.apply_row(row, xs, &mut y).unwrap();
+                ys.extend_from_slice(&y);
+            }
+            let want = quantize_activations_with(&xf, s.m, s.k, &t).unwrap();
+            let got = drifted_quantize(QuantDrift::DivisionUlp, &ys, s.m, s.k, &vec![1.0; s.k]);
+            changed += want.values().iter().zip(got.values()).filter(|(a, c)| a != c).count();
+            total += s.m * s.k;
+        }
+        (changed, total)
+    };
+    let (typical, t_total) = count(ActivationValues::Typical);
+    let (ties, total) = count(ActivationValues::Ties);
+    println!(
+        "a 1-ulp quotient changes {typical} of {t_total} typical rotated codes, {ties} of {total} at ties"
+    );
+    assert!(
+        ties * 100 >= total * 5 && ties > 20 * typical.max(1),
+        "ties {ties} of {total}, typical {typical}"
+    );
 }

@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use half::f16;
 
 use crate::error::{BackendKind, Error, Result};
-use crate::format::{
-    Granularity, QuantizedActivations, W4A8Weights, check_finite, check_k, check_len, check_nonzero,
-};
+use crate::format::{Granularity, QuantizedActivations, W4A8Weights, check_k, check_len, check_nonzero};
+use crate::transform::ActivationTransform;
 
 /// A buffer or prepared tensor that lives on one device.
 pub trait DeviceTensor {
@@ -113,15 +112,33 @@ pub trait Gemm {
     /// Reads prepared weights back into canonical storage (the inverse of [`Gemm::prepare`]).
     fn read_weights(&self, weights: &Self::Weights) -> Result<W4A8Weights>;
 
+    /// Quantizes f16 activations (M×K row-major) per token on the device after the transform `t`:
+    /// smoothing (`x' = x · smooth[k]`), then the online Walsh–Hadamard rotation of each block of
+    /// `t.hadamard_block` channels (see [`crate::transform`]), then the per-token int8 rules. The
+    /// result equals [`crate::quantize::quantize_activations_with`] on the same f32 values, scales
+    /// and codes bit for bit, errors included (a non-finite input, or one the smoothing or the
+    /// rotation takes to infinity, is [`Error::NonFinite`]; a bad block is [`Error::InvalidValue`]).
+    fn quantize_activations_with(
+        &self,
+        x: &[f16],
+        m: usize,
+        k: usize,
+        t: &ActivationTransform<'_>,
+    ) -> Result<Self::Activations>;
+
     /// Quantizes f16 activations (M×K row-major) per token on the device, after multiplying column k
     /// by `smooth[k]` when a smoothing vector is given. A non-finite input is an error.
+    ///
+    /// [`Gemm::quantize_activations_with`] with smoothing only.
     fn quantize_activations(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
         smooth: Option<&[f32]>,
-    ) -> Result<Self::Activations>;
+    ) -> Result<Self::Activations> {
+        self.quantize_activations_with(x, m, k, &ActivationTransform::smoothed(smooth))
+    }
 
     /// Uploads activations quantized elsewhere (the conformance tests feed every backend the same ones).
     fn upload_activations(&self, x: &QuantizedActivations) -> Result<Self::Activations>;
@@ -154,7 +171,18 @@ pub trait Gemm {
 
     /// A whole linear layer from the host's point of view: quantize `x` (M×K), multiply, read back M×N.
     fn linear(&self, x: &[f16], m: usize, w: &Self::Weights, smooth: Option<&[f32]>) -> Result<Vec<f16>> {
-        let xq = self.quantize_activations(x, m, w.shape().1, smooth)?;
+        self.linear_with(x, m, w, &ActivationTransform::smoothed(smooth))
+    }
+
+    /// [`Gemm::linear`] with any activation transform (a rotated layer passes its Hadamard block).
+    fn linear_with(
+        &self,
+        x: &[f16],
+        m: usize,
+        w: &Self::Weights,
+        t: &ActivationTransform<'_>,
+    ) -> Result<Vec<f16>> {
+        let xq = self.quantize_activations_with(x, m, w.shape().1, t)?;
         let y = self.gemm(&xq, w)?;
         self.read_output(&y)
     }
@@ -194,13 +222,15 @@ pub fn check_gemm_args(
 /// The checks every backend runs before quantizing activations: shapes, the smoothing vector's length
 /// and finiteness. (Non-finite activations are found by the quantizer itself.)
 pub fn check_activation_args(x_len: usize, m: usize, k: usize, smooth: Option<&[f32]>) -> Result<()> {
+    check_transform_args(x_len, m, k, &ActivationTransform::smoothed(smooth))
+}
+
+/// [`check_activation_args`] for a whole [`ActivationTransform`]: shapes, then the smoothing vector
+/// and the Hadamard block ([`ActivationTransform::check`]).
+pub fn check_transform_args(x_len: usize, m: usize, k: usize, t: &ActivationTransform<'_>) -> Result<()> {
     check_nonzero("M", m)?;
     check_k(k)?;
     // Saturating: an M·K past usize cannot match any slice length, and must not overflow.
     check_len("activations (M·K)", m.saturating_mul(k), x_len)?;
-    if let Some(s) = smooth {
-        check_len("smoothing vector (K)", k, s.len())?;
-        check_finite("smoothing vector", s)?;
-    }
-    Ok(())
+    t.check(k)
 }

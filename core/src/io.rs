@@ -7,7 +7,11 @@
 //!   `NAME.smooth` F32 `[K]` (optional: the activation multiplier of a smoothed layer, applied by
 //!   [`crate::Gemm::quantize_activations`] before quantizing);
 //! - metadata `format = "w4a8"`, `version = "1"`, `NAME.k = K`, `NAME.granularity =
-//!   "per-channel" | "g32" | "g64" | "g128" | "g256"`.
+//!   "per-channel" | "g32" | "g64" | "g128" | "g256"`, and `NAME.hadamard_block = B` for a layer
+//!   whose input is rotated online ([`crate::transform`]; the weights hold `W · H / B`). A file with
+//!   a rotated layer is written as version 2 ([`ROTATED_FORMAT_VERSION`]), so that a reader that
+//!   predates rotation refuses it instead of computing without the rotation; files without one stay
+//!   version 1, readable by every release. Both versions are read.
 //!
 //! Loading validates every invariant of [`W4A8Weights`]; a malformed or truncated file is an
 //! [`Error::Format`], never a panic. Every byte of a file is untrusted: the readers allocate in
@@ -26,8 +30,10 @@ use crate::format::{Granularity, W4A8Weights};
 
 /// The `format` metadata value of a W4A8 file.
 pub const FORMAT_NAME: &str = "w4a8";
-/// The `version` this library writes and reads.
+/// The `version` this library writes for files without a rotated layer (and reads).
 pub const FORMAT_VERSION: u32 = 1;
+/// The `version` of a file with at least one rotated layer (`NAME.hadamard_block`); read as well.
+pub const ROTATED_FORMAT_VERSION: u32 = 2;
 
 fn fmt_err(msg: impl Into<String>) -> Error {
     Error::Format(msg.into())
@@ -45,19 +51,23 @@ fn le_bytes<const N: usize, T>(values: &[T], to: impl Fn(&T) -> [u8; N]) -> Vec<
     values.iter().flat_map(to).collect()
 }
 
-/// One quantized linear layer as stored: its weights, and the smoothing multiplier its activations
-/// need (`x[:, k] · smooth[k]` before quantization) when it was calibrated with smoothing.
+/// One quantized linear layer as stored: its weights, the smoothing multiplier its activations
+/// need (`x[:, k] · smooth[k]` before quantization) when it was calibrated with smoothing, and the
+/// block of the online Walsh–Hadamard rotation when its input is rotated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layer {
     /// The quantized weights (and bias).
     pub weights: W4A8Weights,
     /// Length K, finite and positive; `None` for an unsmoothed layer.
     pub smooth: Option<Vec<f32>>,
+    /// The Hadamard block b of a rotated layer (a power of two dividing K, at most
+    /// [`crate::MAX_HADAMARD_BLOCK`]); `None` for an unrotated one.
+    pub hadamard_block: Option<usize>,
 }
 
 impl From<W4A8Weights> for Layer {
     fn from(weights: W4A8Weights) -> Self {
-        Layer { weights, smooth: None }
+        Layer { weights, smooth: None, hadamard_block: None }
     }
 }
 
@@ -75,21 +85,44 @@ impl Layer {
                 });
             }
         }
-        Ok(Layer { weights, smooth })
+        Ok(Layer { weights, smooth, hadamard_block: None })
+    }
+
+    /// The same layer with its input rotated by blocks of `b` (or not, for `None`), checked
+    /// ([`crate::transform::check_hadamard_block`]).
+    pub fn with_hadamard_block(self, hadamard_block: Option<usize>) -> Result<Self> {
+        if let Some(b) = hadamard_block {
+            crate::transform::check_hadamard_block(b, self.weights.k())?;
+        }
+        Ok(Layer { hadamard_block, ..self })
+    }
+
+    /// What the activation quantizer must apply to this layer's input:
+    /// `Gemm::quantize_activations_with(x, m, k, &layer.transform())`.
+    pub fn transform(&self) -> crate::transform::ActivationTransform<'_> {
+        crate::transform::ActivationTransform {
+            smooth: self.smooth.as_deref(),
+            hadamard_block: self.hadamard_block,
+        }
     }
 }
 
 /// Serializes named layers into a W4A8 safetensors file image.
 pub fn layers_to_bytes(layers: &BTreeMap<String, Layer>) -> Result<Vec<u8>> {
+    let rotated = layers.values().any(|l| l.hadamard_block.is_some());
+    let version = if rotated { ROTATED_FORMAT_VERSION } else { FORMAT_VERSION };
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT_NAME.to_string()),
-        ("version".to_string(), FORMAT_VERSION.to_string()),
+        ("version".to_string(), version.to_string()),
     ]);
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, Layer { weights: w, smooth }) in layers {
+    for (name, Layer { weights: w, smooth, hadamard_block }) in layers {
         let (n, k) = (w.n(), w.k());
         meta.insert(format!("{name}.k"), k.to_string());
         meta.insert(format!("{name}.granularity"), w.granularity().to_string());
+        if let Some(b) = hadamard_block {
+            meta.insert(format!("{name}.hadamard_block"), b.to_string());
+        }
         blobs.push((
             format!("{name}.qweight"),
             Dtype::U32,
@@ -162,9 +195,10 @@ pub fn layers_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, Layer>> {
         other => return Err(fmt_err(format!("metadata format is {other:?}, expected \"{FORMAT_NAME}\""))),
     }
     let version = meta.get("version").map(String::as_str).unwrap_or("none");
-    if version != FORMAT_VERSION.to_string() {
+    if version != FORMAT_VERSION.to_string() && version != ROTATED_FORMAT_VERSION.to_string() {
         return Err(fmt_err(format!(
-            "unsupported version {version}; this library reads version {FORMAT_VERSION}"
+            "unsupported version {version}; this library reads versions {FORMAT_VERSION} and \
+             {ROTATED_FORMAT_VERSION}"
         )));
     }
     let mut layers = BTreeMap::new();
@@ -200,8 +234,15 @@ pub fn layers_from_bytes(bytes: &[u8]) -> Result<BTreeMap<String, Layer>> {
             Ok(_) => Some(f32s(tensor(&st, &smooth_name, Dtype::F32, &[k])?.data())),
             Err(_) => None,
         };
+        let hadamard_block = match meta.get(&format!("{layer}.hadamard_block")) {
+            Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                fmt_err(format!("metadata {layer}.hadamard_block = {v:?} is not an integer"))
+            })?),
+            None => None,
+        };
         let w = W4A8Weights::new(n, k, granularity, qweight, channel_scales, group_scales, bias)
             .and_then(|w| Layer::new(w, smooth))
+            .and_then(|l| l.with_hadamard_block(hadamard_block))
             .map_err(|e| fmt_err(format!("layer {layer}: {e}")))?;
         layers.insert(layer.to_string(), w);
     }
@@ -332,4 +373,55 @@ pub fn float_tensors_to_bytes(tensors: &BTreeMap<String, FloatTensor>) -> Result
         })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, None).map_err(st_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(k: usize) -> W4A8Weights {
+        let q: Vec<i8> = (0..2 * k).map(|i| (i % 16) as i8 - 8).collect();
+        W4A8Weights::from_int4(2, k, Granularity::PerChannel, &q, vec![0.5, 0.25], vec![], None).unwrap()
+    }
+
+    fn version_of(bytes: &[u8]) -> String {
+        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+        header.metadata().as_ref().unwrap()["version"].clone()
+    }
+
+    #[test]
+    fn a_rotated_layer_round_trips_as_version_2_and_plain_files_stay_version_1() {
+        let plain = BTreeMap::from([("a".to_string(), Layer::from(sample(64)))]);
+        let bytes = layers_to_bytes(&plain).unwrap();
+        assert_eq!(version_of(&bytes), "1");
+        assert_eq!(layers_from_bytes(&bytes).unwrap()["a"].hadamard_block, None);
+
+        let rotated =
+            Layer::new(sample(64), Some(vec![2.0; 64])).unwrap().with_hadamard_block(Some(32)).unwrap();
+        let layers = BTreeMap::from([("a".to_string(), Layer::from(sample(64))), ("b".to_string(), rotated)]);
+        let bytes = layers_to_bytes(&layers).unwrap();
+        assert_eq!(version_of(&bytes), "2");
+        let back = layers_from_bytes(&bytes).unwrap();
+        assert_eq!(back, layers);
+        assert_eq!(back["b"].transform().hadamard_block, Some(32));
+        assert_eq!(back["b"].transform().smooth, Some(&[2.0f32; 64][..]));
+    }
+
+    #[test]
+    fn a_bad_block_in_a_file_is_a_format_error() {
+        assert!(Layer::from(sample(64)).with_hadamard_block(Some(48)).is_err());
+        let good = Layer::from(sample(64)).with_hadamard_block(Some(16)).unwrap();
+        let bytes = layers_to_bytes(&BTreeMap::from([("a".to_string(), good)])).unwrap();
+        let key = b"\"a.hadamard_block\":\"16\"";
+        let pos = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() - 4;
+        for to in ["\"48\"", "\"x6\""] {
+            let mut b = bytes.clone();
+            b[pos..pos + to.len()].copy_from_slice(to.as_bytes());
+            let e = layers_from_bytes(&b).unwrap_err();
+            assert!(
+                matches!(&e, Error::Format(m) if m.contains("layer a") || m.contains("hadamard_block")),
+                "{e}"
+            );
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //!
 //! ## The arithmetic every backend computes
 //! - Activations, per token: `s_x[m] = max_k |X[m,k]| / 127`, `q_x = clamp(rne(X / s_x), -127, 127)`;
-//!   an all-zero row has `s_x = 0`.
+//!   an all-zero row has `s_x = 0`. X may first be smoothed and rotated online by a Walsh–Hadamard
+//!   transform, exactly as every backend does it ([`transform`]).
 //! - Weights: int4 `q_w ∈ [-8, 7]`, per channel `W ≈ s_ch[n] · q_w` or per group
 //!   `W ≈ s_ch[n] · s_g[k/g, n] · q_w` with the integer `s_g ∈ [1, 16]`.
 //! - `acc[m,n] = Σ_k q_x[m,k] · w8[n,k]` in exact int32 (`w8 = s_g · q_w` per group), K ≤ 65 536.
@@ -22,6 +23,7 @@ pub mod oracle;
 pub mod pack;
 pub mod quantize;
 pub mod rng;
+pub mod transform;
 
 pub use error::{BackendKind, Error, Result};
 pub use format::{
@@ -30,3 +32,4 @@ pub use format::{
 pub use gemm::{DeviceInfo, DeviceTensor, Gemm, KernelPlan};
 pub use half::f16;
 pub use oracle::CpuOracle;
+pub use transform::{ActivationTransform, MAX_HADAMARD_BLOCK};

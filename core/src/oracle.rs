@@ -9,7 +9,8 @@ use crate::format::{Granularity, QuantizedActivations, W4A8Weights, check_len};
 use crate::gemm::{
     DeviceInfo, DeviceTensor, Gemm, KernelPlan, check_gemm_args, check_owner, check_plan_args, next_device_id,
 };
-use crate::quantize::quantize_activations;
+use crate::quantize::quantize_activations_with;
+use crate::transform::ActivationTransform;
 
 /// The epilogue: `f16(((f32(acc) · s_x) · s_ch) + bias)`, each operation rounded to nearest even in
 /// f32, then one rounding to f16. Without a bias there is no addition (so `-0.0` stays `-0.0`).
@@ -175,15 +176,15 @@ impl Gemm for CpuOracle {
         Ok(weights.weights.clone())
     }
 
-    fn quantize_activations(
+    fn quantize_activations_with(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
-        smooth: Option<&[f32]>,
+        t: &ActivationTransform<'_>,
     ) -> Result<CpuActivations> {
         let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-        Ok(CpuActivations { device: self.info.id, x: quantize_activations(&xf, m, k, smooth)? })
+        Ok(CpuActivations { device: self.info.id, x: quantize_activations_with(&xf, m, k, t)? })
     }
 
     fn upload_activations(&self, x: &QuantizedActivations) -> Result<CpuActivations> {

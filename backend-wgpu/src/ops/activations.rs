@@ -1,8 +1,9 @@
 //! Activations: per-token quantization on the device, upload of host-quantized ones, readback.
 
 use half::f16;
-use w4a8_core::gemm::{check_activation_args, check_owner};
-use w4a8_core::{Error, QuantizedActivations, Result};
+use w4a8_core::gemm::{check_owner, check_transform_args};
+use w4a8_core::transform::first_transform_error;
+use w4a8_core::{ActivationTransform, Error, QuantizedActivations, Result};
 
 use crate::WgpuBackend;
 use crate::buffers::{bytes_of_dims, host_vec};
@@ -21,43 +22,41 @@ pub(crate) struct QuantParams {
     pub(crate) has_smooth: u32,
     /// Always 0: the shaders' opaque zero against fast-math folding (quantize_exact.wgsl).
     pub(crate) fence: u32,
-    pub(crate) pad: [u32; 3],
+    /// The Hadamard block b (`quantize_hadamard.wgsl`); 0 without rotation.
+    pub(crate) block: u32,
+    pub(crate) pad: [u32; 2],
 }
 
 /// Workgroup sizes and tiles of the shaders (see the .wgsl files).
 pub(crate) const QUANT_WG_ROWS: usize = 1;
 
-/// Returns the first element of `x · smooth` (row-major, column k scaled by `smooth[k]`) that is
-/// not finite, as the quantizer would compute it in f32.
-pub(crate) fn first_non_finite(x: &[f16], k: usize, smooth: Option<&[f32]>) -> Option<Error> {
-    x.iter().enumerate().find_map(|(index, &v)| {
-        let raw = v.to_f32();
-        let value = smooth.map_or(raw, |s| raw * s[index % k]);
-        // Same wording as the CPU quantizer: an input that is itself non-finite, or one the
-        // smoothing vector scaled to infinity.
-        let what = if raw.is_finite() { "smoothed activations" } else { "activations" };
-        (!value.is_finite()).then_some(Error::NonFinite { what, index, value })
-    })
-}
-
 impl WgpuBackend {
-    /// [`Gemm::quantize_activations`]: one workgroup per row, exact as the oracle (see `quantize_exact.wgsl`).
+    /// [`Gemm::quantize_activations_with`]: one workgroup per row, exact as the oracle (see
+    /// `quantize_exact.wgsl`, and `quantize_hadamard.wgsl` for the fused rotation).
     pub(crate) fn quantize_on_device(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
-        smooth: Option<&[f32]>,
+        t: &ActivationTransform<'_>,
     ) -> Result<WgpuActivations> {
-        check_activation_args(x.len(), m, k, smooth)?;
-        if let Some(e) = first_non_finite(x, k, smooth) {
+        check_transform_args(x.len(), m, k, t)?;
+        // Every non-finite x' (and any y a rotation would take to infinity) is found here, on the
+        // values the kernel computes, with the oracle's error: the kernels never see one.
+        if let Some(e) = first_transform_error(x, m, k, t) {
             return Err(e);
         }
         let kp = layout::padded_k(k);
         self.check_binding("f16 activations (M·K·2 bytes)", bytes_of_dims(m, k, 2))?;
         self.check_binding("int8 activations (M·Kp bytes)", bytes_of_dims(m, kp, 1))?;
-        let module = if self.subgroups { shaders::QUANTIZE_SUBGROUP } else { shaders::QUANTIZE_SHARED };
-        let entry_point = if self.subgroups { entry::QUANTIZE_SUBGROUP } else { entry::QUANTIZE };
+        let (entry_point, module, chunk) = match t.hadamard_block {
+            Some(b) => {
+                (entry::QUANTIZE_HADAMARD, shaders::QUANTIZE_HADAMARD.name, Some(self.hadamard_chunk(b)?))
+            }
+            None if self.subgroups => (entry::QUANTIZE_SUBGROUP, shaders::QUANTIZE_SUBGROUP.name, None),
+            None => (entry::QUANTIZE, shaders::QUANTIZE_SHARED.name, None),
+        };
+        let smooth = t.smooth;
         // A per-token call, so on the hot path like the GEMM: no error scope and no poll around it
         // (see `unscoped`). Every binding is checked above or bounded by those checks (scales M·4 ≤
         // M·Kp bytes, smoothing K·4 ≤ 256 KiB); each buffer still gets its own out-of-memory scope
@@ -75,14 +74,15 @@ impl WgpuBackend {
             )?;
             let values = self.storage_empty("w4a8 int8 activations", bytes_of_dims(m, kp, 1))?;
             let scales = self.storage_empty("w4a8 activation scales", (m * 4) as u64)?;
-            let pipeline = self.pipeline(entry_point, module.name, None)?;
+            let pipeline = self.pipeline(entry_point, module, chunk)?;
             let params = self.uniform(&QuantParams {
                 m: m as u32,
                 k: k as u32,
                 x_stride: (kp / 4) as u32,
                 has_smooth: smooth.is_some() as u32,
                 fence: 0,
-                pad: [0; 3],
+                block: t.hadamard_block.unwrap_or(0) as u32,
+                pad: [0; 2],
             })?;
             let bind_group = self.bind(
                 pipeline,
@@ -98,6 +98,22 @@ impl WgpuBackend {
             self.submit(&[Dispatch { pipeline: pipeline.pipeline.clone(), bind_group, groups }], None);
             Ok(WgpuActivations { device_id: self.info.id, m, k, values, scales })
         })
+    }
+
+    /// The rotated quantizer's chunk (its `HCHUNK` pipeline) for block `b`: the largest of
+    /// [`shaders::HADAMARD_CHUNKS`] whose workgroup memory the device has. A block larger than that
+    /// chunk cannot be held in workgroup memory: [`Error::OverDeviceLimit`].
+    pub(crate) fn hadamard_chunk(&self, b: usize) -> Result<u32> {
+        let fits = |c: &&u32| shaders::hadamard_workgroup_bytes(**c) <= self.max_workgroup_bytes;
+        match shaders::HADAMARD_CHUNKS.iter().find(fits) {
+            Some(&chunk) if b <= chunk as usize => Ok(chunk),
+            _ => Err(Error::OverDeviceLimit {
+                what: "Hadamard block in workgroup memory (4 bytes per channel)",
+                requested: shaders::hadamard_workgroup_bytes(b as u32),
+                limit: self.max_workgroup_bytes,
+                limit_name: "max_compute_workgroup_storage_size",
+            }),
+        }
     }
 
     /// [`Gemm::upload_activations`]: rows padded to Kp with zeros.

@@ -10,7 +10,9 @@ mod weights;
 
 use half::f16;
 use w4a8_core::gemm::check_plan_args;
-use w4a8_core::{DeviceInfo, Gemm, Granularity, KernelPlan, QuantizedActivations, Result, W4A8Weights};
+use w4a8_core::{
+    ActivationTransform, DeviceInfo, Gemm, Granularity, KernelPlan, QuantizedActivations, Result, W4A8Weights,
+};
 
 use crate::WgpuBackend;
 use crate::layout;
@@ -35,14 +37,14 @@ impl Gemm for WgpuBackend {
         self.read_back_weights(w)
     }
 
-    fn quantize_activations(
+    fn quantize_activations_with(
         &self,
         x: &[f16],
         m: usize,
         k: usize,
-        smooth: Option<&[f32]>,
+        t: &ActivationTransform<'_>,
     ) -> Result<WgpuActivations> {
-        self.quantize_on_device(x, m, k, smooth)
+        self.quantize_on_device(x, m, k, t)
     }
 
     fn upload_activations(&self, x: &QuantizedActivations) -> Result<WgpuActivations> {

@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 use rayon::prelude::*;
 
-use super::rows::{QMAX, dequantize_rows, quantize_rows};
+use super::rows::{QMAX, clear_upper_simd_state, dequantize_rows, quantize_rows};
 use crate::format::{Granularity, MAX_GROUP_SCALE};
 
 /// Ratios of the base channel scale tried by the search, largest first (1.0 = no clipping).
@@ -25,6 +25,7 @@ pub(crate) fn output_errors(e: &[f32], n: usize, k: usize, h: &Mat<f64>) -> Vec<
     let et = MatRef::from_column_major_slice(&e64, k, n);
     let mut he = Mat::<f64>::zeros(k, n);
     matmul(he.as_mut(), Accum::Replace, h.as_ref(), et, 1.0, faer::get_global_parallelism());
+    clear_upper_simd_state();
     (0..n)
         .into_par_iter()
         .map(|r| {

@@ -1,21 +1,28 @@
-//! Calibrated W4A8 quantization: statistics, smoothing, GPTQ and clipping, behind one entry point,
-//! [`quantize_layer`].
+//! Calibrated W4A8 quantization: statistics, smoothing, rotation, GPTQ and clipping, behind one entry
+//! point, [`quantize_layer`] ([`quantize_layer_rotated`] with a Walsh–Hadamard rotation).
 //!
 //! ```text
 //!   activations ──► CalibStats (absmax, H = 2XᵀX/T in f64, sample rows)   [streamed, any batch sizes]
 //!                          │
-//!   W (N×K f32) ──► smoothing s (adaptive α search | log equalization)   W·s,  H → H/(s sᵀ)
+//!   W (N×K f32) ──► smoothing s (adaptive α search | log equalization    W·s,  H → H/(s sᵀ)
+//!                          │     | OmniQuant: s and clipping learned)
+//!                          │
+//!                   rotation (Hadamard blocks R): W·R/b, H → RᵀHR           (optional)
 //!                          │
 //!                   clipping: per-row s_ch by a ratio grid on e H eᵀ      (optional)
 //!                          │
 //!                   RTN  or  GPTQ (blocked, lazy batch, act-order)  ──► W4A8Weights + smooth = 1/s
 //! ```
 //!
-//! Every step runs on the CPU, multi-threaded (rayon; dense linear algebra through faer).
+//! Every step runs on the CPU, multi-threaded (rayon; dense linear algebra through faer; the learned
+//! calibration on candle with feature `learn`).
 
 mod clip;
 mod file;
 mod gptq;
+#[cfg(feature = "learn")]
+mod omniquant;
+mod rotate;
 mod rows;
 mod smooth;
 mod stats;
@@ -23,6 +30,9 @@ mod stats;
 pub use clip::{CLIP_RATIOS, search_clipped_channel_scales};
 pub use file::{calibration_tensor, layer_calibration};
 pub use gptq::GptqConfig;
+#[cfg(feature = "learn")]
+pub use omniquant::{LearnedTransform, OmniQuantConfig, learn_omniquant};
+pub use rotate::{adaptive_smoothing_rotated, rotate_activations, rotate_hessian, rotate_weights};
 pub use smooth::{
     ALPHA_STEP, adaptive_smoothing, log_equalization_scales, smoothing_scales, weight_column_absmax,
 };
@@ -33,7 +43,10 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::{Granularity, W4A8Weights, check_finite, check_k, check_len, check_nonzero};
 use crate::oracle::reference_gemm;
-use crate::quantize::{quantize_activations, quantize_weights_rtn};
+#[cfg(test)]
+use crate::quantize::quantize_activations; // tests.rs takes it through `use super::*`
+use crate::quantize::{quantize_activations_with, quantize_weights_rtn};
+use crate::transform::ActivationTransform;
 use rows::{default_channel_scale, group_scales_canonical, quantize_rows};
 
 /// How the int4 values are chosen.
@@ -54,6 +67,11 @@ pub enum Smoothing {
     Adaptive,
     /// FPTQ's logarithmic activation equalization.
     Log,
+    /// OmniQuant's learned equivalent transformation (per-channel scales) and learned weight clipping
+    /// (per-row), learned jointly on the layer's W4A8 output error from adaptive smoothing's scales
+    /// ([`learn_omniquant`] with its default settings). The learned clipping replaces `clip`'s grid.
+    /// Needs the `learn` feature (candle); without it, [`quantize_layer`] returns an error.
+    OmniQuant,
 }
 
 impl Method {
@@ -71,17 +89,18 @@ impl Method {
 }
 
 impl Smoothing {
-    /// The CLI name: `none`, `adaptive` or `log`.
+    /// The CLI name: `none`, `adaptive`, `log` or `omniquant`.
     pub fn name(self) -> &'static str {
         match self {
             Smoothing::None => "none",
             Smoothing::Adaptive => "adaptive",
             Smoothing::Log => "log",
+            Smoothing::OmniQuant => "omniquant",
         }
     }
     /// Parses [`Smoothing::name`].
     pub fn from_name(s: &str) -> Option<Self> {
-        [Smoothing::None, Smoothing::Adaptive, Smoothing::Log]
+        [Smoothing::None, Smoothing::Adaptive, Smoothing::Log, Smoothing::OmniQuant]
             .into_iter()
             .find(|m| m.name() == s.trim().to_ascii_lowercase())
     }
@@ -132,6 +151,9 @@ pub struct QuantizedLayer {
     pub smooth: Option<Vec<f32>>,
     /// The α the adaptive search chose (`None` for other rules, or when no smoothing won).
     pub alpha: Option<f32>,
+    /// The online rotation's block (the `rotate` of [`quantize_layer_rotated`]): pass it to the
+    /// quantizer with the smoothing vector, `ActivationTransform { smooth, hadamard_block }`.
+    pub hadamard_block: Option<usize>,
 }
 
 /// Quantizes one linear layer W (N×K row-major f32, PyTorch `Linear.weight` layout) to W4A8.
@@ -162,11 +184,49 @@ pub fn quantize_layer(
     cfg: &QuantizeConfig,
     calib: Option<&CalibStats>,
 ) -> Result<QuantizedLayer> {
+    quantize_layer_rotated(w, n, k, cfg, None, calib)
+}
+
+/// [`quantize_layer`] with the layer's input rotated by blockwise Walsh–Hadamard transforms of
+/// block `rotate` (a power of two in 2..=[`crate::MAX_HADAMARD_BLOCK`] dividing K; QuaRot takes
+/// b = K), after smoothing. With H the block-diagonal unnormalized Hadamard matrix (H Hᵀ = b·I),
+/// `x · Wᵀ = (x · H) · (W · H / b)ᵀ`: the weights are quantized from `(W · diag(s)) · H / b`
+/// ([`rotate_weights`]), GPTQ and the clipping search use the Hessian of the
+/// rotated input, the adaptive α search scores each candidate with the rotation in the loop
+/// ([`adaptive_smoothing_rotated`]), and the returned [`QuantizedLayer::hadamard_block`] tells the
+/// activation quantizer to rotate online. A rotation needs no calibration by itself (RTN rotates
+/// without statistics). `rotate = None` is [`quantize_layer`].
+///
+/// Errors: those of [`quantize_layer`], a bad block ([`Error::InvalidValue`] "Hadamard block"), and
+/// OmniQuant smoothing, which learns its scales without the rotation.
+///
+/// (The rotation is a parameter rather than a [`QuantizeConfig`] field so that configurations
+/// written as struct literals elsewhere keep compiling.)
+pub fn quantize_layer_rotated(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    cfg: &QuantizeConfig,
+    rotate: Option<usize>,
+    calib: Option<&CalibStats>,
+) -> Result<QuantizedLayer> {
     check_nonzero("N", n)?;
     check_k(k)?;
     cfg.granularity.validate(k)?;
     check_len("weights (N·K)", n * k, w.len())?;
     check_finite("weights", w)?;
+    if let Some(b) = rotate {
+        crate::transform::check_hadamard_block(b, k)?;
+        if cfg.smoothing == Smoothing::OmniQuant {
+            return Err(Error::InvalidValue {
+                what: "smoothing",
+                index: 0,
+                reason: "omniquant learns its scales on the unrotated layer; rotate with none, log or \
+                         adaptive smoothing"
+                    .into(),
+            });
+        }
+    }
     let stats = match calib {
         Some(s) => {
             check_len("calibration statistics width (K)", k, s.k())?;
@@ -187,8 +247,11 @@ pub fn quantize_layer(
         None => None,
     };
     if !cfg.needs_calibration() {
-        let weights = quantize_weights_rtn(w, n, k, cfg.granularity, None)?;
-        return Ok(QuantizedLayer { weights, smooth: None, alpha: None });
+        let weights = match rotate {
+            Some(b) => quantize_weights_rtn(&rotate_weights(w, n, k, b)?, n, k, cfg.granularity, None)?,
+            None => quantize_weights_rtn(w, n, k, cfg.granularity, None)?,
+        };
+        return Ok(QuantizedLayer { weights, smooth: None, alpha: None, hadamard_block: rotate });
     }
     let stats = stats.expect("checked above");
     if stats.tokens() == 0 {
@@ -199,11 +262,20 @@ pub fn quantize_layer(
         });
     }
 
-    // 1. Smoothing: s per input channel.
+    // 1. Smoothing: s per input channel (OmniQuant learns the channel scales with it).
+    let mut learned_s_ch = None;
     let (s, alpha) = match cfg.smoothing {
         Smoothing::None => (None, None),
         Smoothing::Log => (Some(log_equalization_scales(stats.absmax())), None),
-        Smoothing::Adaptive => adaptive_smoothing(w, n, k, cfg.granularity, stats)?,
+        Smoothing::Adaptive => match rotate {
+            Some(b) => adaptive_smoothing_rotated(w, n, k, cfg.granularity, stats, b)?,
+            None => adaptive_smoothing(w, n, k, cfg.granularity, stats)?,
+        },
+        Smoothing::OmniQuant => {
+            let (s, s_ch) = omniquant_scales(w, n, k, cfg.granularity, stats)?;
+            learned_s_ch = Some(s_ch);
+            (Some(s), None)
+        }
     };
     let mut h = stats.hessian();
     let ws: Vec<f32> = match &s {
@@ -219,9 +291,19 @@ pub fn quantize_layer(
         None => w.to_vec(),
     };
     check_finite("smoothed weights", &ws)?;
+    // 1b. Rotation, after smoothing: W' = W·H/b, and the Hessian of the rotated input x·H.
+    let ws = match rotate {
+        Some(b) => {
+            rotate_hessian(&mut h, k, b)?;
+            rotate_weights(&ws, n, k, b)?
+        }
+        None => ws,
+    };
 
     // 2. Channel scales, fixed before quantization.
-    let s_ch: Vec<f32> = if cfg.clip {
+    let s_ch: Vec<f32> = if let Some(s_ch) = learned_s_ch {
+        s_ch
+    } else if cfg.clip {
         search_clipped_channel_scales(&ws, n, k, cfg.granularity, &h)
     } else {
         ws.par_chunks(k).map(|row| default_channel_scale(row, cfg.granularity)).collect()
@@ -244,7 +326,37 @@ pub fn quantize_layer(
         }
     };
     let smooth = s.map(|s| s.iter().map(|v| 1.0 / v).collect());
-    Ok(QuantizedLayer { weights, smooth, alpha })
+    Ok(QuantizedLayer { weights, smooth, alpha, hadamard_block: rotate })
+}
+
+/// OmniQuant's learned scales `s` and channel scales, started from adaptive smoothing's `s`.
+#[cfg(feature = "learn")]
+fn omniquant_scales(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    granularity: Granularity,
+    stats: &CalibStats,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (init, _) = adaptive_smoothing(w, n, k, granularity, stats)?;
+    let learned = learn_omniquant(w, n, k, granularity, stats, init.as_deref(), &OmniQuantConfig::default())?;
+    Ok((learned.scales, learned.channel_scales))
+}
+
+/// Without the `learn` feature there is no autograd to learn with: a typed error, not a silent fallback.
+#[cfg(not(feature = "learn"))]
+fn omniquant_scales(
+    _w: &[f32],
+    _n: usize,
+    _k: usize,
+    _granularity: Granularity,
+    _stats: &CalibStats,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    Err(Error::InvalidValue {
+        what: "smoothing",
+        index: 0,
+        reason: "omniquant learns with candle: build with the `learn` feature".into(),
+    })
 }
 
 /// Relative Frobenius error `‖Y_q − Y‖ / ‖Y‖` of a quantized layer on activations X (M×K row-major),
@@ -258,9 +370,23 @@ pub fn relative_output_error(
     q: &W4A8Weights,
     smooth: Option<&[f32]>,
 ) -> Result<f64> {
+    relative_output_error_with(x, m, w, bias, q, &ActivationTransform::smoothed(smooth))
+}
+
+/// [`relative_output_error`] with any activation transform: the quantized layer's activations go
+/// through `t` (smoothing, then the online rotation of a rotated layer) before per-token
+/// quantization; `w` is the float layer as it was before smoothing and rotation.
+pub fn relative_output_error_with(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    q: &W4A8Weights,
+    t: &ActivationTransform<'_>,
+) -> Result<f64> {
     let (n, k) = (q.n(), q.k());
     check_len("float weights (N·K)", n * k, w.len())?;
-    let xq = quantize_activations(x, m, k, smooth)?;
+    let xq = quantize_activations_with(x, m, k, t)?;
     let yq = reference_gemm(&xq, q)?;
     let (num, den) = x
         .par_chunks(k)

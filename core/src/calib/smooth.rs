@@ -13,12 +13,14 @@
 //! - logarithmic activation equalization (FPTQ): `s_j = max|X_j| / log2(2 + max|X_j|)`, no search.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
+use super::rows::clear_upper_simd_state;
 use super::stats::CalibStats;
 use crate::error::Result;
-use crate::format::{Granularity, check_len};
-use crate::quantize::{quantize_activations, quantize_weights_rtn};
+use crate::format::{Granularity, check_finite, check_k, check_len, check_nonzero};
+use crate::quantize::{quantize_activations, rtn_dequantized};
 
 /// Grid step of the adaptive α search (α = 0, 0.05, …, 1).
 pub const ALPHA_STEP: f32 = 0.05;
@@ -55,13 +57,12 @@ pub fn log_equalization_scales(act_absmax: &[f32]) -> Vec<f32> {
     act_absmax.iter().map(|&a| if a > 0.0 { sanitize(a / (2.0 + a).log2()) } else { 1.0 }).collect()
 }
 
-/// `Y = X · Wᵀ` for row-major X (M×K) and W (N×K), as an M×N matrix.
-pub(crate) fn matmul_xwt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Mat<f32> {
+/// `Y = X · Wᵀ` for row-major X (M×K) and W (N×K), into `y` (M×N), on `par` threads.
+fn matmul_xwt(y: MatMut<'_, f32>, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, par: Par) {
     let xt = MatRef::from_column_major_slice(x, k, m);
     let wt = MatRef::from_column_major_slice(w, k, n);
-    let mut y = Mat::<f32>::zeros(m, n);
-    matmul(y.as_mut(), Accum::Replace, xt.transpose(), wt, 1.0, faer::get_global_parallelism());
-    y
+    matmul(y, Accum::Replace, xt.transpose(), wt, 1.0, par);
+    clear_upper_simd_state();
 }
 
 /// Calibration tokens and the float layer's output on them.
@@ -72,17 +73,41 @@ pub(crate) struct SampleSet<'a> {
     pub m: usize,
     /// `X · Wᵀ` of the float layer, M×N.
     pub y_ref: Mat<f32>,
+    /// `‖Y‖²`, summed in f64 column by column.
+    y_ref_sq: f64,
 }
 
 impl<'a> SampleSet<'a> {
     pub(crate) fn new(x: &'a [f32], m: usize, w: &[f32], n: usize, k: usize) -> Self {
-        SampleSet { x, m, y_ref: matmul_xwt(x, m, k, w, n) }
+        let mut y_ref = Mat::<f32>::zeros(m, n);
+        matmul_xwt(y_ref.as_mut(), x, m, k, w, n, faer::get_global_parallelism());
+        let mut y_ref_sq = 0.0f64;
+        for j in 0..n {
+            for i in 0..m {
+                let b = y_ref[(i, j)] as f64;
+                y_ref_sq += b * b;
+            }
+        }
+        SampleSet { x, m, y_ref, y_ref_sq }
     }
+}
+
+/// Buffers of one candidate of the α search, reused by the next candidate on the same thread (each
+/// fresh N×K or M×N allocation would otherwise cost its page faults again).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    ws: Vec<f32>,
+    wd: Vec<f32>,
+    y: Option<Mat<f32>>,
 }
 
 /// Relative Frobenius error `‖Y_q − Y‖ / ‖Y‖` of the W4A8 layer on `set`, where the layer is: activations
 /// X times `1/s` quantized per token to int8, weights `W · s` (N×K) round-to-nearest int4 at
 /// `granularity`. `s = None` is no smoothing.
+///
+/// The GEMM runs on `par` threads; faer splits the output among threads, never the sum over K, so the
+/// result does not depend on `par`.
+#[cfg(test)]
 pub(crate) fn w4a8_relative_error(
     set: &SampleSet<'_>,
     w: &[f32],
@@ -90,30 +115,61 @@ pub(crate) fn w4a8_relative_error(
     k: usize,
     granularity: Granularity,
     s: Option<&[f32]>,
+    par: Par,
+) -> Result<f64> {
+    relative_error_with(&mut Scratch::default(), set, w, n, k, granularity, s, par)
+}
+
+/// [`w4a8_relative_error`] with reused buffers. Per candidate: W·s (N·K multiplies), RTN of it
+/// (`search_group_scales` per row), dequantization, per-token int8 quantization of the M samples, the
+/// M×K×N GEMM (2·M flops per weight), and the error (M·N).
+#[allow(clippy::too_many_arguments, reason = "the arguments of w4a8_relative_error, plus its buffers")]
+fn relative_error_with(
+    scratch: &mut Scratch,
+    set: &SampleSet<'_>,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    granularity: Granularity,
+    s: Option<&[f32]>,
+    par: Par,
 ) -> Result<f64> {
     let (x, m, y_ref) = (set.x, set.m, &set.y_ref);
     check_len("activations (M·K)", m * k, x.len())?;
-    let (ws, inv): (Vec<f32>, Option<Vec<f32>>) = match s {
-        Some(s) => (
-            w.chunks(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect(),
-            Some(s.iter().map(|v| 1.0 / v).collect()),
-        ),
-        None => (w.to_vec(), None),
-    };
-    let wq = quantize_weights_rtn(&ws, n, k, granularity, None)?;
-    let wd: Vec<f32> = wq.dequantize_f64().into_iter().map(|v| v as f32).collect();
+    let ws = &mut scratch.ws;
+    ws.clear();
+    match s {
+        Some(s) => ws.extend(w.chunks(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b))),
+        None => ws.extend_from_slice(w),
+    }
+    let inv: Option<Vec<f32>> = s.map(|s| s.iter().map(|v| 1.0 / v).collect());
+    // What `quantize_weights_rtn(&ws, …)?.dequantize_f64()` would give, without packing and unpacking.
+    check_nonzero("N", n)?;
+    check_k(k)?;
+    granularity.validate(k)?;
+    check_len("weights (N·K)", n.saturating_mul(k), ws.len())?;
+    check_finite("weights", ws)?;
+    scratch.wd.resize(ws.len(), 0.0);
+    rtn_dequantized(ws, k, granularity, &mut scratch.wd);
     let xd = quantize_activations(x, m, k, inv.as_deref())?.dequantize();
-    let yq = matmul_xwt(&xd, m, k, &wd, n);
-    let (mut num, mut den) = (0.0f64, 0.0f64);
+    let yq = match &mut scratch.y {
+        Some(y) if (y.nrows(), y.ncols()) == (m, n) => y,
+        y => y.insert(Mat::zeros(m, n)),
+    };
+    matmul_xwt(yq.as_mut(), &xd, m, k, &scratch.wd, n, par);
+    let mut num = 0.0f64;
     for j in 0..n {
         for i in 0..m {
             let (a, b) = (yq[(i, j)] as f64, y_ref[(i, j)] as f64);
             num += (a - b) * (a - b);
-            den += b * b;
         }
     }
+    let den = set.y_ref_sq;
     Ok(if den == 0.0 { num.sqrt() } else { (num / den).sqrt() })
 }
+
+/// One candidate of the α search: its relative error, `s` (None: no smoothing) and α.
+type Candidate = (f64, Option<Vec<f32>>, Option<f32>);
 
 /// The adaptive search: returns the best `s` (None if no smoothing beats all α) and its α.
 pub fn adaptive_smoothing(
@@ -130,15 +186,34 @@ pub fn adaptive_smoothing(
     }
     let set = SampleSet::new(x, m, w, n, k);
     let w_max = weight_column_absmax(w, k);
-    let mut best = (w4a8_relative_error(&set, w, n, k, granularity, None)?, None, None);
     let steps = (1.0 / ALPHA_STEP).round() as usize;
-    for i in 0..=steps {
-        let alpha = i as f32 * ALPHA_STEP;
-        let s = smoothing_scales(stats.absmax(), &w_max, alpha);
-        let err = w4a8_relative_error(&set, w, n, k, granularity, Some(&s))?;
-        if err < best.0 {
-            best = (err, Some(s), Some(alpha));
+    // Candidate 0 is no smoothing, candidate i + 1 is α = i · ALPHA_STEP. Each candidate costs an RTN
+    // of W·s (the group-scale search, a few hundred flops per weight) and an M×K×N GEMM (2·M = 1 024
+    // flops per weight at 512 samples), 22 times per layer; the candidates are independent, so they
+    // run in parallel, each GEMM on the thread that asked for it (a MiniLM-sized GEMM is too small to
+    // split without faer's threads spinning idle). They are compared in candidate order, as a
+    // sequential search would.
+    let candidates: Vec<Result<Candidate>> = (0..=steps + 1)
+        .into_par_iter()
+        .map_init(Scratch::default, |scratch, c| {
+            let (s, alpha) = match c {
+                0 => (None, None),
+                _ => {
+                    let alpha = (c - 1) as f32 * ALPHA_STEP;
+                    (Some(smoothing_scales(stats.absmax(), &w_max, alpha)), Some(alpha))
+                }
+            };
+            let err = relative_error_with(scratch, &set, w, n, k, granularity, s.as_deref(), Par::Seq)?;
+            Ok((err, s, alpha))
+        })
+        .collect();
+    let mut best: Option<Candidate> = None;
+    for cand in candidates {
+        let cand = cand?;
+        if best.as_ref().is_none_or(|b| cand.0 < b.0) {
+            best = Some(cand);
         }
     }
-    Ok((best.1, best.2))
+    let (_, s, alpha) = best.expect("the unsmoothed candidate is always there");
+    Ok((s, alpha))
 }

@@ -209,10 +209,31 @@ fn adaptive_smoothing_never_loses_on_its_calibration_objective() {
     let stats = stats_of(&x, m, k);
     let (s, alpha) = adaptive_smoothing(&w, n, k, Granularity::PerChannel, &stats).unwrap();
     let set = smooth::SampleSet::new(&x, m, &w, n, k);
-    let none = smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, None).unwrap();
-    let chosen = smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, s.as_deref()).unwrap();
+    let par = faer::get_global_parallelism();
+    let none = smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, None, par).unwrap();
+    let chosen =
+        smooth::w4a8_relative_error(&set, &w, n, k, Granularity::PerChannel, s.as_deref(), par).unwrap();
     assert!(chosen <= none);
     assert_eq!(s.is_some(), alpha.is_some());
+}
+
+/// The α search runs each candidate's GEMM on one thread: its error must not depend on the threads.
+#[test]
+fn smoothing_error_does_not_depend_on_gemm_threads() {
+    let (m, n, k) = (300, 200, 256);
+    let mut rng = Rng(31);
+    let x = outlier_x(m, k, &mut rng);
+    let w = rng.normals(n * k);
+    let stats = stats_of(&x, m, k);
+    let s = smoothing_scales(stats.absmax(), &weight_column_absmax(&w, k), 0.5);
+    let set = smooth::SampleSet::new(&x, m, &w, n, k);
+    for gran in [Granularity::PerChannel, G64] {
+        let err = |par| smooth::w4a8_relative_error(&set, &w, n, k, gran, Some(&s), par).unwrap();
+        let seq = err(faer::Par::Seq);
+        for threads in [2, 3, 8] {
+            assert_eq!(seq.to_bits(), err(faer::Par::rayon(threads)).to_bits(), "{gran}, {threads} threads");
+        }
+    }
 }
 
 #[test]
@@ -344,5 +365,64 @@ fn gptq_4096_timing() {
             t_stats.as_secs_f64(),
             t_gptq.as_secs_f64()
         );
+    }
+}
+
+/// The α search as first written — RTN through the packed format, dequantized in f64, every GEMM on
+/// all threads, candidates one after the other — picks the same smoothing, and every candidate's
+/// error is the same to the bit.
+#[test]
+fn adaptive_search_equals_the_first_implementation() {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, Mat, MatRef};
+    fn xwt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Mat<f32> {
+        let mut y = Mat::<f32>::zeros(m, n);
+        let (xt, wt) = (MatRef::from_column_major_slice(x, k, m), MatRef::from_column_major_slice(w, k, n));
+        matmul(y.as_mut(), Accum::Replace, xt.transpose(), wt, 1.0, faer::get_global_parallelism());
+        y
+    }
+    let (m, n, k) = (160, 72, 192);
+    let mut rng = Rng(41);
+    let x = outlier_x(m, k, &mut rng);
+    let w: Vec<f32> = rng.normals(n * k).into_iter().map(|v| v * 0.05).collect();
+    let stats = stats_of(&x, m, k);
+    let y_ref = xwt(&x, m, k, &w, n);
+    for gran in [Granularity::PerChannel, G64] {
+        let error = |s: Option<&[f32]>| -> f64 {
+            let ws: Vec<f32> = match s {
+                Some(s) => w.chunks(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect(),
+                None => w.clone(),
+            };
+            let inv: Option<Vec<f32>> = s.map(|s| s.iter().map(|v| 1.0 / v).collect());
+            let wq = quantize_weights_rtn(&ws, n, k, gran, None).unwrap();
+            let wd: Vec<f32> = wq.dequantize_f64().into_iter().map(|v| v as f32).collect();
+            let xd = quantize_activations(&x, m, k, inv.as_deref()).unwrap().dequantize();
+            let yq = xwt(&xd, m, k, &wd, n);
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for j in 0..n {
+                for i in 0..m {
+                    let (a, b) = (yq[(i, j)] as f64, y_ref[(i, j)] as f64);
+                    num += (a - b) * (a - b);
+                    den += b * b;
+                }
+            }
+            (num / den).sqrt()
+        };
+        let set = smooth::SampleSet::new(&x, m, &w, n, k);
+        let w_max = weight_column_absmax(&w, k);
+        let mut best = (error(None), None, None);
+        for i in 0..=20 {
+            let alpha = i as f32 * ALPHA_STEP;
+            let s = smoothing_scales(stats.absmax(), &w_max, alpha);
+            let e = error(Some(&s));
+            let fast = smooth::w4a8_relative_error(&set, &w, n, k, gran, Some(&s), faer::Par::Seq).unwrap();
+            assert_eq!(e.to_bits(), fast.to_bits(), "{gran} α = {alpha}");
+            if e < best.0 {
+                best = (e, Some(s), Some(alpha));
+            }
+        }
+        let (s, alpha) = adaptive_smoothing(&w, n, k, gran, &stats).unwrap();
+        assert_eq!(alpha, best.2, "{gran}");
+        assert_eq!(s, best.1, "{gran}");
     }
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
-use w4a8_core::calib::{CalibStats, GptqConfig, Method, QuantizeConfig, Smoothing, quantize_layer};
+use w4a8_core::calib::{
+    CalibStats, GptqConfig, Method, QuantizeConfig, Smoothing, quantize_layer, quantize_layer_rotated,
+};
 use w4a8_core::{Gemm, Granularity, Result};
 
 use crate::model::{self, Bert, FloatLinears, LinearId, Proj, QuantizedLayers, W4A8Linears};
@@ -40,19 +42,27 @@ pub fn calibrate(bert: &Bert, tok: &Tokenizer) -> Result<BTreeMap<LinearId, Cali
     }
 }
 
-/// Quantizes every linear layer with `cfg`; the bias rides along in the weights. Returns the layers and
-/// the seconds it took.
+/// The Hadamard block a layer of input width `k` gets for `--rotate b`: b, or the largest power of two
+/// dividing K when b does not (MiniLM's K = 384 = 3 · 128 takes blocks up to 128, K = 1536 up to 512).
+pub fn layer_block(b: usize, k: usize) -> usize {
+    b.min(1 << k.trailing_zeros())
+}
+
+/// Quantizes every linear layer with `cfg`, rotated by blocks of `rotate` ([`layer_block`]) when
+/// given; the bias rides along in the weights. Returns the layers and the seconds it took.
 pub fn quantize_model(
     bert: &Bert,
     calib: &BTreeMap<LinearId, CalibStats>,
     cfg: &QuantizeConfig,
+    rotate: Option<usize>,
 ) -> Result<(QuantizedLayers, f64)> {
     let t = Instant::now();
     let mut out = BTreeMap::new();
     for (id, l) in &bert.linears {
         let (n, k) = id.proj.shape();
-        let q = quantize_layer(&l.w, n, k, cfg, Some(&calib[id]))?;
-        out.insert(*id, (q.weights.with_bias(Some(l.b.clone()))?, q.smooth));
+        let block = rotate.map(|b| layer_block(b, k));
+        let q = quantize_layer_rotated(&l.w, n, k, cfg, block, Some(&calib[id]))?;
+        out.insert(*id, (q.weights.with_bias(Some(l.b.clone()))?, q.smooth, q.hadamard_block));
     }
     Ok((out, t.elapsed().as_secs_f64()))
 }
@@ -176,7 +186,13 @@ fn gptq_timing() -> Result<(f64, Vec<(Granularity, f64)>)> {
 
 /// Calibrates, quantizes and scores every configuration; prints progress to stderr and returns the
 /// markdown report (also printed to stdout).
-pub fn run_eval(bert: &Bert, tok: &Tokenizer, backend: &str, timing: bool) -> Result<String, String> {
+pub fn run_eval(
+    bert: &Bert,
+    tok: &Tokenizer,
+    backend: &str,
+    timing: bool,
+    rotate: Option<usize>,
+) -> Result<String, String> {
     let s = |e: w4a8_core::Error| e.to_string();
     let calib_sentences = lines(CALIB_SENTENCES);
     let eval_sentences = lines(EVAL_SENTENCES);
@@ -191,30 +207,37 @@ pub fn run_eval(bert: &Bert, tok: &Tokenizer, backend: &str, timing: bool) -> Re
         eval_sentences.len(),
         reference.tokens
     );
-    let mut scores: BTreeMap<(usize, bool, usize), Score> = BTreeMap::new();
+    // Each configuration unrotated, and rotated when `rotate` is given: (method, clip, granularity,
+    // rotation) → score.
+    let rotations: Vec<Option<usize>> = std::iter::once(None).chain(rotate.map(Some)).collect();
+    let rot_label = |r: Option<usize>| r.map_or("none".to_string(), |b| format!("H{b}"));
+    let mut scores: BTreeMap<(usize, bool, usize, Option<usize>), Score> = BTreeMap::new();
     for (mi, (label, method, smoothing)) in METHODS.iter().enumerate() {
         for clip in [false, true] {
             for (gi, g) in GRANULARITIES.iter().enumerate() {
-                let cfg = QuantizeConfig {
-                    granularity: *g,
-                    method: *method,
-                    smoothing: *smoothing,
-                    clip,
-                    gptq: GptqConfig::default(),
-                };
-                let (layers, quant_s) = quantize_model(bert, &calib, &cfg).map_err(s)?;
-                let (mean_cos, min_cos, layer_err) = evaluate(
-                    w4a8::Backend::open_named(backend).map_err(s)?,
-                    bert,
-                    &layers,
-                    &eval_ids,
-                    &reference,
-                )
-                .map_err(s)?;
-                eprintln!(
-                    "{label:<28} clip={clip:<5} {g:<11}  mean cos {mean_cos:.5}  min {min_cos:.5}  ({quant_s:.2} s to quantize)"
-                );
-                scores.insert((mi, clip, gi), Score { mean_cos, min_cos, layer_err, quant_s });
+                for &rot in &rotations {
+                    let cfg = QuantizeConfig {
+                        granularity: *g,
+                        method: *method,
+                        smoothing: *smoothing,
+                        clip,
+                        gptq: GptqConfig::default(),
+                    };
+                    let (layers, quant_s) = quantize_model(bert, &calib, &cfg, rot).map_err(s)?;
+                    let (mean_cos, min_cos, layer_err) = evaluate(
+                        w4a8::Backend::open_named(backend).map_err(s)?,
+                        bert,
+                        &layers,
+                        &eval_ids,
+                        &reference,
+                    )
+                    .map_err(s)?;
+                    eprintln!(
+                        "{label:<28} clip={clip:<5} {g:<11} rotate={:<5} mean cos {mean_cos:.5}  min {min_cos:.5}  ({quant_s:.2} s to quantize)",
+                        rot_label(rot)
+                    );
+                    scores.insert((mi, clip, gi, rot), Score { mean_cos, min_cos, layer_err, quant_s });
+                }
             }
         }
     }
@@ -237,47 +260,68 @@ pub fn run_eval(bert: &Bert, tok: &Tokenizer, backend: &str, timing: bool) -> Re
         eval_sentences.len(),
         reference.tokens
     );
+    if let Some(b) = rotate {
+        let _ = writeln!(
+            w,
+            "Rotation `H{b}` (`--rotate {b}`): each layer's input rotated online by Walsh–Hadamard blocks \
+             (QuaRot-style; {} channels at K = 384, {} at K = 1536), fused into the activation quantizer \
+             and folded into the weights as W·H/b after smoothing; GPTQ and clipping use the rotated \
+             input's Hessian, and the adaptive α search runs with the rotation in the loop.\n",
+            layer_block(b, 384),
+            layer_block(b, 1536)
+        );
+    }
     let _ = writeln!(w, "## Sentence-embedding cosine similarity to FP32 (held-out set)\n");
-    let _ = writeln!(w, "| method | clip | per-channel mean | per-channel min | g128 mean | g128 min |");
-    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| method | rotation | clip | per-channel mean | per-channel min | g128 mean | g128 min |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
     for (mi, (label, ..)) in METHODS.iter().enumerate() {
-        for clip in [false, true] {
-            let (a, b) = (&scores[&(mi, clip, 0)], &scores[&(mi, clip, 1)]);
-            let _ = writeln!(
-                w,
-                "| {label} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
-                if clip { "yes" } else { "no" },
-                a.mean_cos,
-                a.min_cos,
-                b.mean_cos,
-                b.min_cos
-            );
+        for &rot in &rotations {
+            for clip in [false, true] {
+                let (a, b) = (&scores[&(mi, clip, 0, rot)], &scores[&(mi, clip, 1, rot)]);
+                let _ = writeln!(
+                    w,
+                    "| {label} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                    rot_label(rot),
+                    if clip { "yes" } else { "no" },
+                    a.mean_cos,
+                    a.min_cos,
+                    b.mean_cos,
+                    b.min_cos
+                );
+            }
         }
     }
+    let config_label = |(mi, clip, _, rot): (usize, bool, usize, Option<usize>)| {
+        format!(
+            "{}{}{}",
+            METHODS[mi].0,
+            rot.map_or(String::new(), |b| format!(" + H{b} rotation")),
+            if clip { " + clip" } else { "" }
+        )
+    };
     for (gi, g) in GRANULARITIES.iter().enumerate() {
         let best =
             scores.iter().filter(|(k, _)| k.2 == gi).max_by(|a, b| a.1.mean_cos.total_cmp(&b.1.mean_cos));
-        if let Some(((mi, clip, _), sc)) = best {
-            let _ = writeln!(
-                w,
-                "\nBest {g}: **{}{}**, mean cosine {:.4}.",
-                METHODS[*mi].0,
-                if *clip { " + clip" } else { "" },
-                sc.mean_cos
-            );
+        if let Some((key, sc)) = best {
+            let _ = writeln!(w, "\nBest {g}: **{}**, mean cosine {:.4}.", config_label(*key), sc.mean_cos);
         }
     }
     let _ = writeln!(
         w,
         "\n## Per-layer relative output error (held-out, ‖Y_q − Y‖ / ‖Y‖, mean over the 6 blocks)\n"
     );
-    let _ =
-        writeln!(w, "| method | clip | granularity | q | k | v | attn-out | fc1 | fc2 | quantize time (s) |");
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| method | rotation | clip | granularity | q | k | v | attn-out | fc1 | fc2 | quantize time (s) |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (gi, g) in GRANULARITIES.iter().enumerate() {
         for (mi, (label, ..)) in METHODS.iter().enumerate() {
-            for clip in [false, true] {
-                let sc = &scores[&(mi, clip, gi)];
+            for (&rot, clip) in rotations.iter().flat_map(|r| [(r, false), (r, true)]) {
+                let sc = &scores[&(mi, clip, gi, rot)];
                 let cols: Vec<String> = Proj::ALL
                     .iter()
                     .map(|p| {
@@ -288,7 +332,8 @@ pub fn run_eval(bert: &Bert, tok: &Tokenizer, backend: &str, timing: bool) -> Re
                     .collect();
                 let _ = writeln!(
                     w,
-                    "| {label} | {} | {g} | {} | {:.2} |",
+                    "| {label} | {} | {} | {g} | {} | {:.2} |",
+                    rot_label(rot),
                     if clip { "yes" } else { "no" },
                     cols.join(" | "),
                     sc.quant_s
@@ -303,18 +348,13 @@ pub fn run_eval(bert: &Bert, tok: &Tokenizer, backend: &str, timing: bool) -> Re
         .max_by(|a, b| a.1.mean_cos.total_cmp(&b.1.mean_cos))
         .map(|(k, _)| *k)
         .expect("scored");
-    let _ = writeln!(
-        w,
-        "| layer | RTN g128 | {}{} g128 |",
-        METHODS[best_g128.0].0,
-        if best_g128.1 { " + clip" } else { "" }
-    );
+    let _ = writeln!(w, "| layer | RTN g128 | {} g128 |", config_label(best_g128));
     let _ = writeln!(w, "|---|---|---|");
     for id in LinearId::all() {
         let _ = writeln!(
             w,
             "| {id} | {:.4} | {:.4} |",
-            scores[&(0, false, 1)].layer_err[&id],
+            scores[&(0, false, 1, None)].layer_err[&id],
             scores[&best_g128].layer_err[&id]
         );
     }

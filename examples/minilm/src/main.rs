@@ -49,6 +49,8 @@ enum SmoothArg {
     None,
     Adaptive,
     Log,
+    /// OmniQuant's scales and clipping, learned per layer (feature `learn`).
+    Omniquant,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +72,11 @@ enum Command {
         /// Group size (32, 64, 128, 256), or 0 for per-channel scales.
         #[arg(long, default_value_t = 128)]
         group: usize,
+        /// Rotate every layer's input online by Walsh–Hadamard blocks of B (a power of two; a layer
+        /// whose K it does not divide takes the largest power of two that does), folded into the
+        /// weights after smoothing.
+        #[arg(long, value_name = "B")]
+        rotate: Option<usize>,
         /// Print the FP32 embeddings instead (no quantization).
         #[arg(long)]
         fp32: bool,
@@ -82,6 +89,10 @@ enum Command {
         /// Skip the 4096×4096 GPTQ timing.
         #[arg(long)]
         no_timing: bool,
+        /// Also score every configuration with its layers rotated by Walsh–Hadamard blocks of B
+        /// (0: unrotated only).
+        #[arg(long, value_name = "B", default_value_t = 128)]
+        rotate: usize,
     },
 }
 
@@ -98,7 +109,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, String> {
     Ok(tok)
 }
 
-/// Token ids of each text ([CLS] … [SEP], truncated to 128 as the checkpoint's tokenizer says).
+/// Token ids of each text (`[CLS]` … `[SEP]`, truncated to 128 as the checkpoint's tokenizer says).
 pub fn tokenize(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<Vec<u32>>, String> {
     texts
         .iter()
@@ -112,6 +123,11 @@ fn granularity(group: usize) -> Result<Granularity, String> {
     Ok(g)
 }
 
+/// A rotation block must be a power of two from 2 to the format's largest (4096).
+fn check_rotate(b: usize) -> Result<(), String> {
+    w4a8_core::transform::check_hadamard_block(b, b).map_err(|e| format!("--rotate {b}: {e}"))
+}
+
 fn run() -> Result<(), String> {
     let cli = Cli::parse();
     let dir = cli.model_dir.unwrap_or_else(default_model_dir);
@@ -122,7 +138,10 @@ fn run() -> Result<(), String> {
         Ok((bert, load_tokenizer(&dir)?))
     };
     match cli.command {
-        Command::Embed { texts, method, smooth, clip, group, fp32 } => {
+        Command::Embed { texts, method, smooth, clip, group, rotate, fp32 } => {
+            if let Some(b) = rotate {
+                check_rotate(b)?;
+            }
             let (bert, tok) = load()?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let ids = tokenize(&tok, &refs)?;
@@ -145,12 +164,14 @@ fn run() -> Result<(), String> {
                         SmoothArg::None => Smoothing::None,
                         SmoothArg::Adaptive => Smoothing::Adaptive,
                         SmoothArg::Log => Smoothing::Log,
+                        SmoothArg::Omniquant => Smoothing::OmniQuant,
                     },
                     clip,
                     gptq: GptqConfig::default(),
                 };
                 let calib = eval::calibrate(&bert, &tok)?;
-                let (layers, _) = eval::quantize_model(&bert, &calib, &cfg).map_err(|e| e.to_string())?;
+                let (layers, _) =
+                    eval::quantize_model(&bert, &calib, &cfg, rotate).map_err(|e| e.to_string())?;
                 let backend = Backend::open_named(&cli.backend).map_err(|e| e.to_string())?;
                 eprintln!("W4A8 layers on {} ({})", backend.kind(), w4a8::Gemm::info(&backend).name);
                 let lin = model::W4A8Linears::new(backend, &layers).map_err(|e| e.to_string())?;
@@ -168,9 +189,13 @@ fn run() -> Result<(), String> {
                 println!("[{}]", values.join(", "));
             }
         }
-        Command::Eval { out, no_timing } => {
+        Command::Eval { out, no_timing, rotate } => {
+            let rotate = (rotate != 0).then_some(rotate);
+            if let Some(b) = rotate {
+                check_rotate(b)?;
+            }
             let (bert, tok) = load()?;
-            let md = eval::run_eval(&bert, &tok, &cli.backend, !no_timing)?;
+            let md = eval::run_eval(&bert, &tok, &cli.backend, !no_timing, rotate)?;
             if let Some(path) = out {
                 std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
                 eprintln!("wrote {}", path.display());

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use w4a8_core::io::load_float_tensors;
-use w4a8_core::{Error, Gemm, Result, W4A8Weights, f16};
+use w4a8_core::{ActivationTransform, Error, Gemm, Result, W4A8Weights, f16};
 
 /// Encoder layers.
 pub const LAYERS: usize = 6;
@@ -177,8 +177,9 @@ impl Bert {
     }
 }
 
-/// The quantized layers of a model: weights (bias included) and each layer's smoothing multiplier.
-pub type QuantizedLayers = BTreeMap<LinearId, (W4A8Weights, Option<Vec<f32>>)>;
+/// The quantized layers of a model: weights (bias included), each layer's smoothing multiplier, and
+/// the block of its online Walsh–Hadamard rotation (`None`: unrotated).
+pub type QuantizedLayers = BTreeMap<LinearId, (W4A8Weights, Option<Vec<f32>>, Option<usize>)>;
 
 /// A hook that sees every linear layer's input `x` (M×K) and output `y` (M×N).
 pub type Observer<'a> = &'a mut dyn FnMut(LinearId, &[f32], &[f32]);
@@ -212,15 +213,16 @@ pub fn matmul_bias(x: &[f32], m: usize, k: usize, w: &[f32], b: &[f32], n: usize
         .collect()
 }
 
-/// A W4A8 layer prepared on a backend, with its activation smoothing multiplier.
+/// A W4A8 layer prepared on a backend, with its activation smoothing multiplier and rotation block.
 pub struct PreparedLinear<G: Gemm> {
     weights: G::Weights,
     smooth: Option<Vec<f32>>,
+    hadamard_block: Option<usize>,
 }
 
 /// The encoder's linear layers as W4A8 GEMMs on any [`Gemm`] backend: each call quantizes the f16 input
-/// per token on the device (times the layer's smoothing vector) and runs the int8 GEMM with the fused
-/// epilogue (bias included).
+/// per token on the device (times the layer's smoothing vector, then rotated when the layer is) and
+/// runs the int8 GEMM with the fused epilogue (bias included).
 pub struct W4A8Linears<G: Gemm> {
     gemm: G,
     layers: BTreeMap<LinearId, PreparedLinear<G>>,
@@ -230,8 +232,12 @@ impl<G: Gemm> W4A8Linears<G> {
     /// Prepares (repacks and uploads) every quantized layer on `gemm`.
     pub fn new(gemm: G, layers: &QuantizedLayers) -> Result<Self> {
         let mut prepared = BTreeMap::new();
-        for (id, (w, smooth)) in layers {
-            prepared.insert(*id, PreparedLinear { weights: gemm.prepare(w)?, smooth: smooth.clone() });
+        for (id, (w, smooth, hadamard_block)) in layers {
+            let weights = gemm.prepare(w)?;
+            prepared.insert(
+                *id,
+                PreparedLinear { weights, smooth: smooth.clone(), hadamard_block: *hadamard_block },
+            );
         }
         Ok(W4A8Linears { gemm, layers: prepared })
     }
@@ -242,7 +248,8 @@ impl<G: Gemm> Linears for W4A8Linears<G> {
         let l =
             self.layers.get(&id).ok_or_else(|| Error::Format(format!("no quantized weights for {id}")))?;
         let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
-        let y = self.gemm.linear(&xh, m, &l.weights, l.smooth.as_deref())?;
+        let t = ActivationTransform { smooth: l.smooth.as_deref(), hadamard_block: l.hadamard_block };
+        let y = self.gemm.linear_with(&xh, m, &l.weights, &t)?;
         Ok(y.into_iter().map(f16::to_f32).collect())
     }
 }
