@@ -22,6 +22,7 @@ pub mod io;
 pub mod oracle;
 pub mod pack;
 pub mod quantize;
+pub mod report;
 pub mod rng;
 pub mod transform;
 

@@ -94,6 +94,14 @@ impl<'a> ActivationTransform<'a> {
     }
 }
 
+/// The block a layer of input width `k` gets when a model is rotated by blocks of at most `max_block`:
+/// `max_block`, or the largest power of two dividing K when that is smaller (K = 384 = 3 · 128 takes
+/// blocks of up to 128, SmolLM2's K = 576 = 9 · 64 up to 64). Check the result with
+/// [`check_hadamard_block`]: an odd K gives 1, which is no block.
+pub fn block_for_width(max_block: usize, k: usize) -> usize {
+    max_block.min(1 << k.trailing_zeros().min(usize::BITS - 1))
+}
+
 /// Checks a Hadamard block size: a power of two in `2..=`[`MAX_HADAMARD_BLOCK`] that divides K.
 /// Anything else is [`Error::InvalidValue`] saying which rule it breaks.
 pub fn check_hadamard_block(b: usize, k: usize) -> Result<()> {

@@ -2,7 +2,8 @@
 //!
 //! Properties: no panic, no abort, no allocation the input does not pay for; what the reader accepts
 //! is well formed, so it writes back and reads back to the same layers, and it runs through the CPU
-//! oracle's GEMM (hostile-but-valid scales included) without a panic.
+//! oracle's GEMM with the layer's own transform (smoothing and rotation; hostile-but-valid scales
+//! included) without a panic.
 
 #![no_main]
 
@@ -23,8 +24,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let x: Vec<f16> = (0..2 * k).map(|i| f16::from_f32((i % 7) as f32 - 3.0)).collect();
         let w = oracle.prepare(&layer.weights).expect("valid weights prepare");
-        let y = oracle.linear(&x, 2, &w, layer.smooth.as_deref());
-        // Smoothing can scale a finite input past f32 (a typed NonFinite); anything else succeeds.
+        let y = oracle.linear_with(&x, 2, &w, &layer.transform());
+        // Smoothing (and the rotation's sums after it) can take a finite input past f32: a typed
+        // NonFinite; anything else succeeds.
         match y {
             Ok(y) => assert_eq!(y.len(), 2 * n),
             Err(e) => assert!(matches!(e, w4a8_core::Error::NonFinite { .. }), "{e}"),

@@ -44,9 +44,7 @@ pub fn calibrate(bert: &Bert, tok: &Tokenizer) -> Result<BTreeMap<LinearId, Cali
 
 /// The Hadamard block a layer of input width `k` gets for `--rotate b`: b, or the largest power of two
 /// dividing K when b does not (MiniLM's K = 384 = 3 · 128 takes blocks up to 128, K = 1536 up to 512).
-pub fn layer_block(b: usize, k: usize) -> usize {
-    b.min(1 << k.trailing_zeros())
-}
+pub use w4a8_core::transform::block_for_width as layer_block;
 
 /// Quantizes every linear layer with `cfg`, rotated by blocks of `rotate` ([`layer_block`]) when
 /// given; the bias rides along in the weights. Returns the layers and the seconds it took.

@@ -83,7 +83,8 @@ enum Command {
     },
     /// Calibrates every method, measures it on the held-out sentences and prints the quality table.
     Eval {
-        /// Also write the table as markdown to this file (e.g. benches/QUALITY.md).
+        /// Also write the tables into this markdown file (e.g. benches/QUALITY.md), between
+        /// `<!-- minilm:begin/end -->`; the rest of the file is kept.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Skip the 4096×4096 GPTQ timing.
@@ -197,7 +198,7 @@ fn run() -> Result<(), String> {
             let (bert, tok) = load()?;
             let md = eval::run_eval(&bert, &tok, &cli.backend, !no_timing, rotate)?;
             if let Some(path) = out {
-                std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+                w4a8_core::report::write_section(&path, "minilm", &md).map_err(|e| e.to_string())?;
                 eprintln!("wrote {}", path.display());
             }
         }

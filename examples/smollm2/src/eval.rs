@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use w4a8_core::calib::{CalibStats, GptqConfig, QuantizeConfig, quantize_layer};
+use w4a8_core::calib::{CalibStats, GptqConfig, QuantizeConfig, quantize_layer_rotated};
+use w4a8_core::transform::block_for_width;
 use w4a8_core::{Gemm, Granularity};
 
 use crate::model::{self, FloatLinears, KvCache, Linears, Llama, Logits, Proj, QuantizedLayers, Site};
@@ -70,12 +70,15 @@ pub fn config(recipe: Recipe, clip: bool, granularity: Granularity, gptq: GptqCo
     QuantizeConfig { granularity, method, smoothing, clip, gptq }
 }
 
-/// Quantizes every linear layer with `cfg` (layers in parallel); `calib` is needed unless the
-/// configuration is plain RTN. Returns the layers and the seconds it took.
+/// Quantizes every linear layer with `cfg` (layers in parallel), each layer's input rotated by
+/// Walsh–Hadamard blocks of up to `rotate` channels when given ([`block_for_width`]: SmolLM2's
+/// K = 576 takes blocks of at most 64, K = 1536 up to 512); `calib` is needed unless the configuration
+/// is plain RTN. Returns the layers and the seconds it took.
 pub fn quantize_model(
     model: &Llama,
     calib: Option<&Calibration>,
     cfg: &QuantizeConfig,
+    rotate: Option<usize>,
 ) -> Result<(QuantizedLayers, f64), Error> {
     let t = Instant::now();
     let layers = model
@@ -83,7 +86,8 @@ pub fn quantize_model(
         .par_iter()
         .map(|(id, l)| {
             let stats = calib.and_then(|c| c.get(&(id.layer, id.proj.site())));
-            Ok((*id, quantize_layer(&l.w, l.n, l.k, cfg, stats)?))
+            let block = rotate.map(|b| block_for_width(b, l.k));
+            Ok((*id, quantize_layer_rotated(&l.w, l.n, l.k, cfg, block, stats)?))
         })
         .collect::<Result<QuantizedLayers, Error>>()?;
     Ok((layers, t.elapsed().as_secs_f64()))
@@ -200,6 +204,8 @@ pub struct EvalSettings {
     pub weight_only: bool,
     /// GPTQ settings.
     pub gptq: GptqConfig,
+    /// Rotate every layer's input by Walsh–Hadamard blocks of up to this many channels.
+    pub rotate: Option<usize>,
     /// The command line, for the report (`eval --eval-tokens …`).
     pub command: String,
 }
@@ -252,7 +258,8 @@ pub fn run_eval(
     let render = |rows: &[Row]| -> String {
         let mut md = String::new();
         let w = &mut md;
-        let _ = writeln!(w, "## W4A8 perplexity: SmolLM2-135M-Instruct (decoder LLM)\n");
+        let rotated = s.rotate.map(|b| format!(", inputs rotated (H{b})")).unwrap_or_default();
+        let _ = writeln!(w, "## W4A8 perplexity: SmolLM2-135M-Instruct (decoder LLM{rotated})\n");
         let _ = writeln!(
             w,
             "Produced by `cargo run --release -p w4a8-smollm2 -- {}` (model: \
@@ -265,7 +272,7 @@ pub fn run_eval(
              `quantize_layer` over all 210 layers ({} rayon threads). Agreement: share of positions whose \
              argmax token equals the reference's. The reference is itself a 4-bit model (Q4_1: asymmetric, \
              blocks of 32); W4A8 re-quantizes its weights onto a symmetric int4 grid with other scales, so \
-             its weight error adds to the file's.\n",
+             its weight error adds to the file's.{}\n",
             s.command,
             s.text_source,
             eval_w.len(),
@@ -276,7 +283,18 @@ pub fn run_eval(
             s.gptq.block_size,
             100.0 * s.gptq.damp,
             if s.gptq.act_order { "on" } else { "off" },
-            rayon::current_num_threads()
+            rayon::current_num_threads(),
+            match s.rotate {
+                Some(b) => format!(
+                    " Rotation `--rotate {b}`: every layer's input is rotated online by Walsh–Hadamard blocks \
+                     (QuaRot-style; {} channels at K = 576, {} at K = 1536), fused into the activation \
+                     quantizer and folded into the weights as W·H/b after smoothing; GPTQ and clipping use the \
+                     rotated input's Hessian, and the adaptive α search runs with the rotation in the loop.",
+                    block_for_width(b, 576),
+                    block_for_width(b, 1536)
+                ),
+                None => String::new(),
+            }
         );
         let wo = s.weight_only;
         let _ = writeln!(
@@ -334,7 +352,7 @@ pub fn run_eval(
         for &recipe in &s.recipes {
             for &clip in &s.clips {
                 let cfg = config(recipe, clip, granularity, s.gptq);
-                let (layers, quant_s) = quantize_model(model, Some(&calib), &cfg)?;
+                let (layers, quant_s) = quantize_model(model, Some(&calib), &cfg, s.rotate)?;
                 let lin = model::W4A8Linears::new(w4a8::Backend::open_named(&s.backend)?, &layers)?;
                 let ppl = perplexity(model, &lin, &eval_w)?;
                 let weight_only = match s.weight_only {
@@ -365,54 +383,9 @@ pub fn run_eval(
     Ok(md)
 }
 
-/// Marker that opens the SmolLM2 section of a markdown file.
-pub const BEGIN: &str = "<!-- smollm2:begin -->";
-/// Marker that closes it.
-pub const END: &str = "<!-- smollm2:end -->";
-
-/// Puts `section` between [`BEGIN`] and [`END`] in `doc`, replacing what was there; appends the
-/// markers at the end when absent (or out of order). Everything outside them is kept byte for byte.
-pub fn replace_section(doc: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{}\n{END}", section.trim_end());
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &doc[..b], &doc[e + END.len()..]),
-        _ => {
-            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
-                ""
-            } else if doc.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{doc}{sep}{block}\n")
-        }
-    }
-}
-
-/// Writes `section` into the file's SmolLM2 section (creating the file if needed).
-pub fn write_section(path: &Path, section: &str) -> Result<(), Error> {
-    let doc = match std::fs::read_to_string(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
-    };
-    std::fs::write(path, replace_section(&doc, section))
-        .map_err(|source| Error::Io { path: path.to_path_buf(), source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn section_is_replaced_and_the_rest_kept() {
-        let doc = "# Title\n\nkeep me\n";
-        let once = replace_section(doc, "table 1");
-        assert_eq!(once, format!("# Title\n\nkeep me\n\n{BEGIN}\ntable 1\n{END}\n"));
-        let twice = replace_section(&format!("{once}after\n"), "table 2\n");
-        assert_eq!(twice, format!("# Title\n\nkeep me\n\n{BEGIN}\ntable 2\n{END}\nafter\n"));
-        assert_eq!(replace_section("", "x"), format!("{BEGIN}\nx\n{END}\n"));
-    }
 
     #[test]
     fn windows_are_spread_and_disjoint() {

@@ -8,12 +8,13 @@
 //! cargo run --release -p w4a8-smollm2 -- eval --out benches/QUALITY.md
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokenizers::Tokenizer;
 use w4a8_core::calib::GptqConfig;
+use w4a8_core::transform::block_for_width;
 use w4a8_core::{Gemm, Granularity};
 use w4a8_smollm2::eval::{self, EvalSettings};
 use w4a8_smollm2::gguf::Gguf;
@@ -96,6 +97,9 @@ enum Command {
         /// Wrap the prompt in the model's ChatML template (system, user, assistant turns).
         #[arg(long)]
         chat: bool,
+        /// Rotate every layer's input online by Walsh–Hadamard blocks of up to B channels (see `eval`).
+        #[arg(long, value_name = "B", default_value_t = 0)]
+        rotate: usize,
         /// Calibration tokens for GPTQ, smoothing and clipping (from calib.txt).
         #[arg(long, default_value_t = 4096)]
         calib_tokens: usize,
@@ -104,9 +108,12 @@ enum Command {
     },
     /// Measures the perplexity of the reference and of every W4A8 configuration on held-out text.
     Eval {
-        /// Also write the table into this markdown file, between `<!-- smollm2:begin/end -->`.
+        /// Also write the table into this markdown file, between `<!-- SECTION:begin/end -->`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The section of `--out` this run owns (a run with other settings can keep its own table).
+        #[arg(long, default_value = "smollm2")]
+        section: String,
         /// Held-out tokens (whole windows).
         #[arg(long, default_value_t = 2048)]
         eval_tokens: usize,
@@ -129,6 +136,10 @@ enum Command {
         /// simulated in f32: one more forward pass per configuration).
         #[arg(long)]
         weight_only: bool,
+        /// Rotate every layer's input online by Walsh–Hadamard blocks of up to B channels (the largest
+        /// power of two ≤ B dividing the layer's K: 64 at K = 576); 0: no rotation.
+        #[arg(long, value_name = "B", default_value_t = 0)]
+        rotate: usize,
         #[command(flatten)]
         gptq: GptqArgs,
     },
@@ -161,6 +172,17 @@ fn granularity(group: usize, model: &Llama) -> Result<Granularity, Error> {
     Ok(g)
 }
 
+/// `--rotate B`: `None` for 0, else B once every layer width accepts the block it gets.
+fn check_rotate(b: usize, model: &Llama) -> Result<Option<usize>, Error> {
+    if b == 0 {
+        return Ok(None);
+    }
+    for k in [model.config.hidden, model.config.ffn] {
+        w4a8_core::transform::check_hadamard_block(block_for_width(b, k), k)?;
+    }
+    Ok(Some(b))
+}
+
 /// The ChatML prompt of SmolLM2-Instruct's template (its default system turn included).
 fn chat_prompt(user: &str) -> String {
     format!(
@@ -188,7 +210,8 @@ fn run() -> Result<(), Error> {
     );
     let text = |name: &str| read_text(&text_dir.join(name));
     match cli.command {
-        Command::Generate { prompt, max_tokens, method, clip, group, chat, calib_tokens, gptq } => {
+        Command::Generate { prompt, max_tokens, method, clip, group, chat, rotate, calib_tokens, gptq } => {
+            let rotate = check_rotate(rotate, &model)?;
             let prompt = if chat { chat_prompt(&prompt) } else { prompt };
             let ids = tokenizer::encode(&tok, &prompt)?;
             // Stop at the end-of-sequence token and at <|endoftext|>.
@@ -213,7 +236,7 @@ fn run() -> Result<(), Error> {
                     } else {
                         None
                     };
-                    let (layers, secs) = eval::quantize_model(&model, calib.as_ref(), &cfg)?;
+                    let (layers, secs) = eval::quantize_model(&model, calib.as_ref(), &cfg, rotate)?;
                     let backend = w4a8::Backend::open_named(&cli.backend)?;
                     eprintln!(
                         "{} {}{}: 210 layers quantized in {secs:.1} s; W4A8 on {} ({})",
@@ -246,11 +269,14 @@ fn run() -> Result<(), Error> {
             clip,
             groups,
             weight_only,
+            rotate,
+            section,
             gptq,
         } => {
             if window < 2 {
                 return Err(Error::Model("--window must be at least 2 tokens".into()));
             }
+            let rotate = check_rotate(rotate, &model)?;
             let granularities =
                 groups.iter().map(|&g| granularity(g, &model)).collect::<Result<Vec<_>, _>>()?;
             let t = Instant::now();
@@ -275,18 +301,20 @@ fn run() -> Result<(), Error> {
                 text_source: format!("{text_source} (scripts/fetch-smollm2.sh)"),
                 weight_only,
                 gptq: gptq.config(),
+                rotate,
                 // The arguments from the subcommand on (paths before it are the user's own).
                 command: std::env::args().skip_while(|a| a != "eval").collect::<Vec<_>>().join(" "),
             };
             // The file's section is rewritten after every configuration, so an interrupted run keeps
             // what it measured.
+            let write = |path: &Path, md: &str| w4a8_core::report::write_section(path, &section, md);
             let md = eval::run_eval(&model, &eval_ids, &calib_ids, &settings, &mut |md| match &out {
-                Some(path) => eval::write_section(path, md),
+                Some(path) => Ok(write(path, md)?),
                 None => Ok(()),
             })?;
             if let Some(path) = &out {
-                eval::write_section(path, &md)?;
-                eprintln!("wrote the smollm2 section of {}", path.display());
+                write(path, &md)?;
+                eprintln!("wrote the {section} section of {}", path.display());
             }
         }
     }

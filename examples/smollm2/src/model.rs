@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use w4a8_core::calib::QuantizedLayer;
-use w4a8_core::{Gemm, f16};
+use w4a8_core::{ActivationTransform, Gemm, f16};
 
 use crate::Error;
 use crate::gguf::{Gguf, GgufError};
@@ -286,22 +286,29 @@ impl Linears for FloatLinears<'_> {
 pub type QuantizedLayers = BTreeMap<LinearId, QuantizedLayer>;
 
 /// One W4A8 layer prepared (repacked, uploaded) on a backend, with what its input needs before the
-/// per-token quantization.
+/// per-token quantization (smoothing, then the online rotation).
 pub struct PreparedLinear<G: Gemm> {
     weights: G::Weights,
     k: usize,
     smooth: Option<Vec<f32>>,
+    hadamard_block: Option<usize>,
 }
 
 impl<G: Gemm> PreparedLinear<G> {
     /// Uploads one quantized layer.
     pub fn new(gemm: &G, q: &QuantizedLayer) -> Result<Self, Error> {
-        Ok(PreparedLinear { weights: gemm.prepare(&q.weights)?, k: q.weights.k(), smooth: q.smooth.clone() })
+        Ok(PreparedLinear {
+            weights: gemm.prepare(&q.weights)?,
+            k: q.weights.k(),
+            smooth: q.smooth.clone(),
+            hadamard_block: q.hadamard_block,
+        })
     }
 }
 
 /// Applies one quantized linear layer to x (M×K f32): f16 input → per-token int8 quantization on the
-/// device (times the layer's smoothing vector) → exact int32 GEMM with the f16 epilogue → read back.
+/// device (times the layer's smoothing vector, then rotated by its Walsh–Hadamard blocks) → exact int32
+/// GEMM with the f16 epilogue → read back.
 ///
 /// The only place a W4A8 layer is applied: a change to how activations are prepared (smoothing,
 /// rotation) belongs here and in [`PreparedLinear::new`].
@@ -312,7 +319,8 @@ pub fn apply_quantized<G: Gemm>(
     m: usize,
 ) -> Result<Vec<f32>, Error> {
     let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
-    let xq = gemm.quantize_activations(&xh, m, l.k, l.smooth.as_deref())?;
+    let t = ActivationTransform { smooth: l.smooth.as_deref(), hadamard_block: l.hadamard_block };
+    let xq = gemm.quantize_activations_with(&xh, m, l.k, &t)?;
     let y = gemm.gemm(&xq, &l.weights)?;
     Ok(gemm.read_output(&y)?.into_iter().map(f16::to_f32).collect())
 }
@@ -341,8 +349,8 @@ impl<G: Gemm> Linears for W4A8Linears<G> {
     }
 }
 
-/// A quantized layer's weights dequantized to f32 (N×K), with its input multiplier.
-type DequantizedLinear = (Vec<f32>, Option<Vec<f32>>);
+/// A quantized layer's weights dequantized to f32 (N×K), with its input multiplier and rotation block.
+type DequantizedLinear = (Vec<f32>, Option<Vec<f32>>, Option<usize>);
 
 /// Diagnostics: one half of W4A8 at a time, simulated in f32 on the CPU (not through [`Gemm`]), to
 /// tell how much of a configuration's loss comes from the int4 weights and how much from the int8
@@ -366,7 +374,7 @@ impl<'a> SimulatedLinears<'a> {
             .iter()
             .map(|(id, q)| {
                 let w: Vec<f32> = q.weights.dequantize_f64().into_iter().map(|v| v as f32).collect();
-                (*id, (w, q.smooth.clone()))
+                (*id, (w, q.smooth.clone(), q.hadamard_block))
             })
             .collect();
         SimulatedLinears { model, weights: Some(weights), quantize_activations: false }
@@ -376,18 +384,22 @@ impl<'a> SimulatedLinears<'a> {
 impl Linears for SimulatedLinears<'_> {
     fn linear(&self, id: LinearId, x: &[f32], m: usize) -> Result<Vec<f32>, Error> {
         let l = self.model.linears.get(&id).ok_or_else(|| Error::Model(format!("no weights for {id}")))?;
-        let (w, smooth) = match &self.weights {
-            None => (&l.w, None),
+        let (w, smooth, block) = match &self.weights {
+            None => (&l.w, None, None),
             Some(q) => {
-                let (w, s) =
+                let (w, s, b) =
                     q.get(&id).ok_or_else(|| Error::Model(format!("no quantized weights for {id}")))?;
-                (w, s.as_deref())
+                (w, s.as_deref(), *b)
             }
         };
         let mut x: Vec<f32> = match smooth {
             Some(s) => x.chunks(l.k).flat_map(|r| r.iter().zip(s).map(|(a, b)| a * b)).collect(),
             None => x.to_vec(),
         };
+        // Rotated weights hold W·H/b: the input is rotated by H (unnormalized) to match.
+        if let Some(b) = block {
+            w4a8_core::transform::fwht_blocks(&mut x, b);
+        }
         if self.quantize_activations {
             x = w4a8_core::quantize::quantize_activations(&x, m, l.k, None)?.dequantize();
         }
